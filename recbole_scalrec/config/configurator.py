@@ -1,0 +1,88 @@
+"""RecBole ``Config`` with the plug-in's yaml defaults layered in.
+
+Priority, lowest first: RecBole's internal defaults < ``properties/overall.yaml`` <
+``properties/model/SCaLRec.yaml`` < ``properties/model/<Model>.yaml`` <
+``properties/dataset/<dataset>.yaml`` < user ``config_file_list`` < ``config_dict``
+(the CLI passes its ``--key=value`` overrides here).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_scalrec.utils.utils import get_model, properties_dir
+
+
+class ConfigError(ValueError):
+    """A malformed command line or configuration value."""
+
+
+def _convert_value(text: str) -> Any:
+    """Turn a command-line string into a Python value the way RecBole does."""
+    converted = RecBoleConfig._convert_config_dict(None, {"v": text})  # uses no instance state
+    return converted["v"]
+
+
+def parse_cli_overrides(argv: list[str]) -> dict[str, Any]:
+    """Parse ``--key=value`` arguments (RecBole's syntax) into a typed dict.
+
+    Raises:
+        ConfigError: naming the malformed argument and the expected form.
+    """
+    overrides: dict[str, Any] = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg or not arg[2:].split("=", 1)[0]:
+            raise ConfigError(
+                f"Malformed argument {arg!r}: write overrides as --key=value, e.g. --epochs=1 "
+                f"or --item_text_fields=\"['title']\"."
+            )
+        key, value = arg[2:].split("=", 1)
+        if key in overrides:
+            raise ConfigError(f"--{key} is given twice on the command line.")
+        overrides[key] = _convert_value(value)
+    return overrides
+
+
+class Config(RecBoleConfig):
+    """RecBole configuration that knows the plug-in's models and yaml defaults."""
+
+    SCALREC_MODEL = "SCaLRec"
+
+    def _load_cmd_line(self) -> dict:
+        # The CLI (``run_recbole_scalrec.py``) parses the command line itself and passes the
+        # overrides in ``config_dict``; reading ``sys.argv`` here too would count them twice.
+        return {}
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model", "SASRec")
+        if isinstance(model, str):
+            model_name, model_class = model, get_model(model)
+        else:
+            model_name, model_class = model.__name__, model
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset", "ml-100k")
+        return model_name, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        root = properties_dir()
+        for path in (
+            root / "overall.yaml",
+            root / "model" / f"{self.SCALREC_MODEL}.yaml",
+            root / "model" / f"{model}.yaml",
+            root / "dataset" / f"{dataset}.yaml",
+        ):
+            if path.is_file():
+                self._update_internal_config_dict(str(path))
+
+    def _set_default_parameters(self):
+        user_data_path = self.external_config_dict.get("data_path")
+        super()._set_default_parameters()
+        # RecBole pins ml-100k to its shipped example; honour a user --data_path that holds it.
+        if self.dataset == "ml-100k" and user_data_path is not None:
+            candidate = os.path.join(user_data_path, self.dataset)
+            if os.path.isfile(os.path.join(candidate, f"{self.dataset}.inter")):
+                self.final_config_dict["data_path"] = candidate

@@ -1,0 +1,1 @@
+"""Sequential models of the plug-in (looked up before RecBole's)."""

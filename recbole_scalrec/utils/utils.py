@@ -1,0 +1,93 @@
+"""Model and trainer look-up in the RecBole-GNN pattern: this package first, then RecBole."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import pkgutil
+from pathlib import Path
+
+from recbole.utils import ModelType
+
+from recbole_scalrec.compat import import_recbole_sequential
+
+SHARED_DATA_ENV = "SCALREC_SHARED_DATA"
+
+
+def properties_dir() -> Path:
+    """Folder of the packaged yaml defaults (``properties/`` in the source tree)."""
+    try:  # installed: shipped as the package data ``recbole_scalrec.properties``
+        import recbole_scalrec.properties as props
+
+        return Path(props.__file__).resolve().parent
+    except ModuleNotFoundError:  # editable install / source tree: top-level ``properties/``
+        return Path(__file__).resolve().parents[2] / "properties"
+
+
+def shared_datasets_dir() -> Path:
+    """Where the raw shared datasets live: ``$SCALREC_SHARED_DATA`` or ``../shared/datasets``."""
+    return Path(os.environ.get(SHARED_DATA_ENV, "../shared/datasets")).expanduser()
+
+
+_SUBMODULES = ("sequential_recommender",)
+_RECBOLE_SUBMODULES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def list_sequential_models() -> list[str]:
+    """Names of the sequential models available (plug-in and RecBole)."""
+    names = set()
+    for pkg in ("recbole_scalrec.model.sequential_recommender", "recbole.model.sequential_recommender"):
+        module = import_recbole_sequential() if pkg.startswith("recbole.") else importlib.import_module(pkg)
+        names.update(n for n in getattr(module, "__all__", dir(module)) if n[:1].isupper())
+        for info in pkgutil.iter_modules(module.__path__):
+            sub = importlib.import_module(f"{pkg}.{info.name}")
+            names.update(
+                n for n, obj in vars(sub).items()
+                if isinstance(obj, type) and obj.__module__ == sub.__name__ and n.lower() == info.name
+            )
+    return sorted(names)
+
+
+def get_model(model_name: str):
+    """Model class by name: ``recbole_scalrec.model`` first, then ``recbole.model``.
+
+    Raises:
+        ValueError: with close matches when no model has this name.
+    """
+    import_recbole_sequential()
+    file_name = model_name.lower()
+    for package, submodules in (("recbole_scalrec.model", _SUBMODULES), ("recbole.model", _RECBOLE_SUBMODULES)):
+        for submodule in submodules:
+            path = f"{package}.{submodule}.{file_name}"
+            if importlib.util.find_spec(path) is not None:
+                module = importlib.import_module(path)
+                if hasattr(module, model_name):
+                    return getattr(module, model_name)
+    known = list_sequential_models()
+    close = difflib.get_close_matches(model_name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown --model={model_name!r}.{hint} Sequential models available: {', '.join(known)}."
+    )
+
+
+def get_trainer(model_type: ModelType, model_name: str):
+    """Trainer class: ``<model_name>Trainer`` here, then in RecBole, else our compatible default."""
+    ours = importlib.import_module("recbole_scalrec.trainer")
+    if hasattr(ours, model_name + "Trainer"):
+        return getattr(ours, model_name + "Trainer")
+    recbole_trainer = importlib.import_module("recbole.trainer")
+    if hasattr(recbole_trainer, model_name + "Trainer"):
+        return getattr(recbole_trainer, model_name + "Trainer")
+    if model_type == ModelType.KNOWLEDGE:
+        return recbole_trainer.KGTrainer
+    if model_type == ModelType.TRADITIONAL:
+        return recbole_trainer.TraditionalTrainer
+    return ours.Trainer
