@@ -1,0 +1,145 @@
+"""Per-user interaction sequences in time order, and the requests cut from them.
+
+A **prefix** ``S_{<=t}`` of user ``u`` is named by the flat index of its last interaction
+in :attr:`UserSequences.items` (``prefix_id = offsets[u] + t - 1``), so every cache,
+snapshot and request refers to prefixes by one integer.
+
+Leave-one-out in time order (METHOD.md Sec. 7): a user's last item is the test target,
+the second last the validation target, the rest are training targets (each with the
+prefix before it, which needs at least one item).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UserSequences:
+    """CSR layout of all users' item sequences, sorted by time (stable)."""
+
+    items: np.ndarray  # int64 [n_inter] internal item ids
+    times: np.ndarray | None  # float64 [n_inter] timestamps (None: file order)
+    rows: np.ndarray  # int64 [n_inter] row of each interaction in dataset.inter_feat
+    offsets: np.ndarray  # int64 [n_users + 1]
+    users: np.ndarray  # int64 [n_users] internal user ids
+    n_items: int  # item table size including padding id 0
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "UserSequences":
+        """Build from a loaded RecBole dataset (after RecBole's filtering and id remapping).
+
+        Interactions are sorted by (user, timestamp) with a stable sort; without a
+        timestamp column the order of the ``.inter`` file is kept (documented in README).
+        """
+        feat = dataset.inter_feat
+        uid = feat[dataset.uid_field].numpy().astype(np.int64)
+        iid = feat[dataset.iid_field].numpy().astype(np.int64)
+        time_field = dataset.time_field
+        times = None
+        if time_field is not None and time_field in feat.columns:
+            times = feat[time_field].numpy().astype(np.float64)
+            order = np.lexsort((np.arange(len(uid)), times, uid))
+        else:
+            logger.warning("No timestamp column: each user's interactions keep the .inter file order.")
+            order = np.argsort(uid, kind="stable")
+        uid, iid = uid[order], iid[order]
+        if times is not None:
+            times = times[order]
+        users, counts = np.unique(uid, return_counts=True)
+        offsets = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return cls(iid, times, order.astype(np.int64), offsets, users.astype(np.int64), dataset.item_num)
+
+    # ----------------------------------------------------------------- layout helpers
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def user_of(self, prefix_ids: np.ndarray) -> np.ndarray:
+        """Index (into :attr:`users`) of the user owning each flat position."""
+        return np.searchsorted(self.offsets, prefix_ids, side="right") - 1
+
+    def prefix_length(self, prefix_ids: np.ndarray) -> np.ndarray:
+        """``t`` of each prefix (number of items in it)."""
+        return prefix_ids - self.offsets[self.user_of(prefix_ids)] + 1
+
+    def shift_prefix(self, prefix_ids: np.ndarray, gap: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """Snapshot prefixes ``t0 = max(1, t - gap)`` (METHOD.md Sec. 2) and a clamped mask."""
+        start = self.offsets[self.user_of(prefix_ids)]
+        shifted = prefix_ids - np.asarray(gap, dtype=np.int64)
+        clamped = shifted < start
+        return np.maximum(shifted, start), clamped
+
+    # ----------------------------------------------------------------- requests
+    def train_prefixes(self) -> np.ndarray:
+        """Prefix ids whose next item is a training target (all but the last two items)."""
+        ids = [np.arange(s, e - 3) for s, e in zip(self.offsets[:-1], self.offsets[1:]) if e - s >= 4]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+    def eval_prefixes(self, split: str) -> np.ndarray:
+        """One request per user: the prefix before the validation or the test target."""
+        back = {"valid": 3, "test": 2}[split]
+        return self.offsets[1:] - back
+
+    def thin_train_prefixes(self, stride: int) -> np.ndarray:
+        """Every ``stride``-th training prefix per user, aligned to the last one, plus ``t = 1``.
+
+        Keeping ``t = 1`` and the alignment means ``t - gap`` stays on the grid whenever
+        the gap is a multiple of the stride (or clamps to ``t = 1``).
+        """
+        prefixes = self.train_prefixes()
+        if stride <= 1 or len(prefixes) == 0:
+            return prefixes
+        users = self.user_of(prefixes)
+        last = self.offsets[users + 1] - 4
+        keep = ((last - prefixes) % stride == 0) | (prefixes == self.offsets[users])
+        return prefixes[keep]
+
+    def targets(self, prefix_ids: np.ndarray) -> np.ndarray:
+        """Next item after each prefix."""
+        return self.items[prefix_ids + 1]
+
+    def gather_sequences(self, prefix_ids: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RecBole-style ``(item_seq [B, max_len], item_seq_len [B])``: the last ``max_len``
+        items of each prefix, left-aligned, zero-padded at the end."""
+        items = self._items_tensor()
+        starts = torch.as_tensor(self.offsets, dtype=torch.long)[
+            torch.searchsorted(torch.as_tensor(self.offsets), prefix_ids, right=True) - 1
+        ]
+        length = torch.clamp(prefix_ids - starts + 1, max=max_len)
+        first = prefix_ids - length + 1
+        pos = torch.arange(max_len, dtype=torch.long)
+        idx = first[:, None] + pos[None, :]
+        valid = pos[None, :] < length[:, None]
+        seq = torch.where(valid, items[idx.clamp(max=len(items) - 1)], torch.zeros((), dtype=torch.long))
+        return seq, length
+
+    def _items_tensor(self) -> torch.Tensor:
+        if not hasattr(self, "_items_t"):
+            self._items_t = torch.as_tensor(self.items, dtype=torch.long)
+        return self._items_t
+
+    # ----------------------------------------------------------------- device statistics
+    def density(self, prefix_ids: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Distinct items / length over the last ``window`` items of each prefix, and events
+        per day over that window when timestamps are real time (METHOD.md Sec. 3, cue 4)."""
+        starts = self.offsets[self.user_of(prefix_ids)]
+        first = np.maximum(starts, prefix_ids - window + 1)
+        distinct = np.empty(len(prefix_ids), dtype=np.float32)
+        per_day = None if self.times is None else np.empty(len(prefix_ids), dtype=np.float32)
+        for k, (a, b) in enumerate(zip(first, prefix_ids + 1)):
+            distinct[k] = len(np.unique(self.items[a:b])) / (b - a)
+            if per_day is not None:
+                span_days = (self.times[b - 1] - self.times[a]) / 86400.0
+                per_day[k] = (b - a) / max(span_days, 1.0 / 24.0)
+        return distinct, per_day
