@@ -19,22 +19,15 @@ CUE_NAMES = ("log_gap", "drift", "drift_cos", "spearman", "log_len", "density", 
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (1-based) along the last dim, ties sharing their average rank; O(M log M)."""
-    values, order = torch.sort(x, dim=-1, stable=True)
-    m = x.shape[-1]
-    pos = torch.arange(m, device=x.device).expand_as(values)
-    new_group = torch.ones_like(values, dtype=torch.bool)
-    new_group[..., 1:] = values[..., 1:] != values[..., :-1]
-    # first index of each tie group, carried forward; last index, carried backward
-    first = torch.cummax(torch.where(new_group, pos, torch.zeros_like(pos)), dim=-1).values
-    is_last = torch.ones_like(new_group)
-    is_last[..., :-1] = new_group[..., 1:]
-    last_rev = torch.cummin(torch.where(is_last, pos, torch.full_like(pos, m)).flip(-1), dim=-1).values
-    last = last_rev.flip(-1)
-    avg = (first + last).to(x.dtype) / 2.0 + 1.0
-    ranks = torch.empty_like(avg)
-    ranks.scatter_(-1, order, avg)
-    return ranks
+    """Ranks (1-based) along the last dim, ties sharing their average rank; O(M log M).
+
+    After one sort, a value's tie group spans ``[first, last]`` in the sorted row, found by
+    binary search on both sides; its average rank is ``(first + last) / 2 + 1``.
+    """
+    ordered = torch.sort(x, dim=-1).values
+    first = torch.searchsorted(ordered, x, right=False)
+    past_last = torch.searchsorted(ordered, x, right=True)
+    return (first + past_last + 1).to(x.dtype) / 2.0
 
 
 def batched_spearman(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
