@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+SPEARMAN_EPS = 1e-12
 CUE_NAMES = ("log_gap", "drift", "drift_cos", "spearman", "log_len", "density", "log_per_day")
 
 
@@ -30,7 +31,7 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     return (first + past_last + 1).to(x.dtype) / 2.0
 
 
-def batched_spearman(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def batched_spearman(x: torch.Tensor, y: torch.Tensor, eps: float = SPEARMAN_EPS) -> torch.Tensor:
     """Spearman's rho of each row pair of ``x`` and ``y`` (``[B, M]``) with average ranks for
     ties, as ``scipy.stats.spearmanr``; a constant row gives 0 (scipy: nan)."""
     rx = average_ranks(x)

@@ -143,3 +143,25 @@ def test_every_method_scores_through_one_path():
         assert s.shape == req.candidates.shape and torch.isfinite(s).all()
     structure = method_scores("structure_only", req, table, 0.5)
     assert torch.allclose(structure, torch.einsum("bnd,bd->bn", table[req.candidates], req.z_str), atol=1e-6)
+
+
+def test_on_device_reranker_matches_the_batched_path():
+    from recbole_scalrec.on_device import OnDeviceReranker
+
+    seq = make_sequences(lengths=(30, 25))
+    states = _states(seq, n_cand=12)
+    req = stale_requests(states, seq, seq.eval_prefixes("test"), 5, s2=True)
+    table = torch.randn(seq.n_items, 8)
+    cues = compute_cues(req.gap, req.z_str, req.z_str_snap, req.z_sem_snap, table[req.candidates], req.length,
+                        req.density, req.per_day, top_m=5)
+    head = SCaLRecHead(8, cues.shape[1], 0.5)
+    head.scaler.fit(torch.randn(50, cues.shape[1]) + cues.mean(0))
+    head.eval()
+    with torch.no_grad():
+        batched = method_scores("scalrec", req, table, 0.5, {"scalrec": head}, cues)
+    device = OnDeviceReranker(head, table, top_m=5)
+    for b in range(len(req)):
+        one = device.scores(req.candidates[b].numpy(), z_str=req.z_str[b].numpy(), z_str_snap=req.z_str_snap[b].numpy(),
+                            z_sem_snap=req.z_sem_snap[b].numpy(), gap=float(req.gap[b]), length=float(req.length[b]),
+                            density=float(req.density[b]), per_day=float(req.per_day[b]))
+        assert np.allclose(one, batched[b].numpy(), atol=1e-4)

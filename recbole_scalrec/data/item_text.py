@@ -79,5 +79,6 @@ def load_request_texts(config, dataset, rows: np.ndarray) -> list[str] | None:
             f"add it to load_col (inter) or set --request_text_field=None."
         )
     words = np.asarray(dataset.field2id_token[field])
-    ids = dataset.inter_feat[field].numpy()[rows]
-    return [" ".join(words[r[r > 0]]) for r in ids]
+    column = dataset.inter_feat[field]  # pandas (before RecBole's build) or a padded tensor
+    ids = list(column) if not hasattr(column, "numpy") or hasattr(column, "iloc") else list(column.numpy())
+    return [" ".join(words[np.asarray(ids[r])[np.asarray(ids[r]) > 0]]) for r in rows]

@@ -38,12 +38,12 @@ class UserSequences:
         timestamp column the order of the ``.inter`` file is kept (documented in README).
         """
         feat = dataset.inter_feat
-        uid = feat[dataset.uid_field].numpy().astype(np.int64)
-        iid = feat[dataset.iid_field].numpy().astype(np.int64)
+        uid = np.asarray(feat[dataset.uid_field]).astype(np.int64)
+        iid = np.asarray(feat[dataset.iid_field]).astype(np.int64)
         time_field = dataset.time_field
         times = None
         if time_field is not None and time_field in feat.columns:
-            times = feat[time_field].numpy().astype(np.float64)
+            times = np.asarray(feat[time_field]).astype(np.float64)
             order = np.lexsort((np.arange(len(uid)), times, uid))
         else:
             logger.warning("No timestamp column: each user's interactions keep the .inter file order.")

@@ -1,0 +1,94 @@
+"""On-device latency of one request (batch 1, one thread).
+
+    python benchmarks/on_device_latency.py [--model SASRec] [--dataset ml-100k] [--repeats 2000]
+
+Measures, side by side in one run: the backbone's structure encode ``z_str(t)`` of a
+prefix (PyTorch, inference mode), and SCaLRec's device overhead — cues (Eq. 10),
+estimator (Eq. 11), calibrator + bounded correction (Eqs. 12-14) and the Eq. 4 rerank of
+``candidate_size`` candidates — on the exported :class:`OnDeviceReranker`. Latency does not
+depend on trained weight values, so freshly initialised weights of the configured sizes
+are used. Last line: one JSON object (``overhead_us_p50`` target <= 100,
+``overhead_ratio`` <= 0.10, ``device_params`` <= 100000).
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+torch.set_num_threads(1)
+threadpool_limits(1)  # numpy's BLAS: one thread, as on a phone core
+
+from recbole.data import create_dataset  # noqa: E402
+
+from recbole_scalrec.config import Config  # noqa: E402
+from recbole_scalrec.cues import CUE_NAMES  # noqa: E402
+from recbole_scalrec.data.sequences import UserSequences  # noqa: E402
+from recbole_scalrec.methods import build_head  # noqa: E402
+from recbole_scalrec.on_device import OnDeviceReranker  # noqa: E402
+from recbole_scalrec.utils import get_model  # noqa: E402
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    us = np.asarray(samples_s) * 1e6
+    return float(np.percentile(us, 50)), float(np.percentile(us, 95))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="on-device latency, batch 1, one thread")
+    parser.add_argument("--model", default="SASRec")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--repeats", type=int, default=2000)
+    args = parser.parse_args()
+    config = Config(model=args.model, dataset=args.dataset, config_dict={"state": "WARNING"})
+    data = create_dataset(config)
+    seqs = UserSequences.from_dataset(data)
+    backbone = get_model(args.model)(config, data).eval()
+    dim = backbone.item_embedding.embedding_dim
+    head = build_head("scalrec", config, dim).eval()
+    head.scaler.fit(torch.randn(256, len(CUE_NAMES)))
+    device = OnDeviceReranker(head, backbone.item_embedding.weight, config["spearman_top_m"])
+    rng = np.random.default_rng(0)
+    requests = rng.choice(seqs.eval_prefixes("test"), size=64)
+
+    encode_s, overhead_s = [], []
+    with torch.inference_mode():
+        for r in range(args.repeats + 50):
+            pid = torch.as_tensor(requests[r % len(requests) : r % len(requests) + 1])
+            seq, length = seqs.gather_sequences(pid, config["MAX_ITEM_LIST_LENGTH"])
+            start = time.perf_counter()
+            z_str = backbone(seq, length)[0].numpy()
+            mid = time.perf_counter()
+            cands = rng.choice(np.arange(1, data.item_num), size=config["candidate_size"], replace=False)
+            z_snap = z_str + 0.1
+            t1 = time.perf_counter()
+            device.rerank(cands, k=10, z_str=z_str, z_str_snap=z_snap, z_sem_snap=z_str[::-1].copy(), gap=5.0,
+                          length=float(length[0]), density=0.9, per_day=3.0)
+            end = time.perf_counter()
+            if r >= 50:
+                encode_s.append(mid - start)
+                overhead_s.append(end - t1)
+    enc50, enc95 = percentiles(encode_s)
+    ovh50, ovh95 = percentiles(overhead_s)
+    figures = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "candidate_size": config["candidate_size"],
+        "max_len": config["MAX_ITEM_LIST_LENGTH"],
+        "structure_encode_us_p50": enc50,
+        "structure_encode_us_p95": enc95,
+        "overhead_us_p50": ovh50,
+        "overhead_us_p95": ovh95,
+        "overhead_ratio": ovh50 / enc50,
+        "device_params": device.parameter_count(),
+    }
+    print(f"structure encode p50 {enc50:.0f} us (p95 {enc95:.0f}); SCaLRec overhead p50 {ovh50:.0f} us "
+          f"(p95 {ovh95:.0f}); ratio {figures['overhead_ratio']:.3f}; device params {figures['device_params']}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
