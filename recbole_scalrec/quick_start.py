@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -81,17 +82,34 @@ def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
     return {"config": {k: config[k] for k in keys if k in config}, "semantic": semantic_key, "n_inter": n_inter}
 
 
-def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, config_file_list: list[str] | None = None,
-                        config_dict: dict | None = None, saved: bool = True) -> dict[str, Any]:
-    """Run stage 1, stage 2 and the staleness evaluation; returns the ``results.json`` dict.
+@dataclass
+class ScalRecRun:
+    """Everything a finished training run holds: what evaluation and benchmarks need."""
 
-    Args:
-        model: the structure encoder (a RecBole or plug-in sequential model), default SASRec.
-        dataset: a prepared dataset name, default ml-100k.
-        config_file_list: yaml files layered over the package defaults.
-        config_dict: overrides (highest priority).
-        saved: write the results files and the stage-1 checkpoint.
-    """
+    config: Any
+    sequences: UserSequences
+    prefixes: dict[str, np.ndarray]
+    fusion: FusionModel
+    states: PrefixStates
+    heads: dict[str, Any]
+    timer: Timer
+    lm_forward_calls: int
+    full_ranking: dict
+    info: dict = field(default_factory=dict)
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        return self.fusion.item_table.detach()
+
+    @property
+    def results_dir(self) -> str:
+        c = self.config
+        return c["results_dir"] or os.path.join("saved", f"{c['model']}-{c['dataset']}-seed{c['seed']}")
+
+
+def build_run(model: str | None = None, dataset: str | None = None, config_file_list: list[str] | None = None,
+              config_dict: dict | None = None, saved: bool = True) -> ScalRecRun:
+    """Data, cloud semantics, stage 1 and stage 2 (no evaluation); see :func:`run_recbole_scalrec`."""
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -114,7 +132,7 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
     with timer.stage("semantic_encode"):
         encoder = SemanticEncoder.from_config(config)
         cache_key = {"dataset": config["dataset"], "n_inter": int(len(sequences.items)),
-                     "data_fingerprint": _fingerprint({"items": sequences.items[:1000].tolist(), "n": len(sequences.items)}),
+                     "data_fingerprint": _fingerprint({"items": sequences.items.tolist()}),
                      "encoder": encoder.fingerprint, "abstract": builder.settings()}
         cache = SemanticCache(os.path.join(config["semantic_cache_dir"], config["dataset"]), cache_key)
         h = cache.get_or_compute(prefixes["all"], builder.build, encoder, show_progress=True)
@@ -144,56 +162,76 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
 
     # --- per-prefix states of the frozen model ----------------------------------------------
     with timer.stage("states"):
-        states = PrefixStates.compute(fusion, sequences, prefixes["all"], h,
-                                      config["MAX_ITEM_LIST_LENGTH"], config["candidate_size"], config["density_window"],
-                                      bool(config["real_timestamps"]), config["eval_batch_size"], device)
-    item_table = fusion.item_table.detach()
+        states = PrefixStates.compute(fusion, sequences, prefixes["all"], h, config["MAX_ITEM_LIST_LENGTH"],
+                                      config["candidate_size"], config["density_window"], bool(config["real_timestamps"]),
+                                      config["eval_batch_size"], device)
 
     # --- stage 2: estimator + calibrator (and the trained baselines) ------------------------
     heads, stage2_info = {}, {}
+    item_table = fusion.item_table.detach()
     trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["train"], prefixes["valid"])
     with timer.stage("stage2"):
         for method in config["stage2_methods"]:
             head = build_head(method, config, item_table.shape[1]).to(device)
             stage2_info[method] = trainer2.fit(head, method)
             heads[method] = head
+    info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None)}
+    return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, encoder.forward_calls, full_ranking, info)
 
-    # --- evaluation under staleness ----------------------------------------------------------
+
+def evaluate_run(run: ScalRecRun) -> list[dict]:
+    """The staleness protocol on valid and test: every method x gap x setting (+ intermittent refresh)."""
+    config = run.config
     methods = list(FIXED_METHODS) + list(config["stage2_methods"])
     rows = []
-    with timer.stage("evaluate"):
+    with run.timer.stage("evaluate"):
         for split in ("valid", "test"):
-            for r in evaluate_staleness(states, sequences, item_table, prefixes[split], config["eval_gaps"],
-                                        config["eval_settings"], methods, config["fusion_weight"], heads,
-                                        config["spearman_top_m"], config["eval_batch_size"]):
-                rows.append(dict(r, split=split))
+            ids = run.prefixes[split]
+            common = dict(states=run.states, sequences=run.sequences, item_table=run.item_table, prefix_ids=ids,
+                          settings=config["eval_settings"], methods=methods, fusion_weight=config["fusion_weight"],
+                          heads=run.heads, top_m=config["spearman_top_m"], batch_size=config["eval_batch_size"])
+            rows += [dict(r, split=split) for r in evaluate_staleness(gaps=config["eval_gaps"], **common)]
             if config["refresh_interval"]:
-                gaps = refresh_gaps(sequences, prefixes[split], config["refresh_interval"])
-                for r in evaluate_staleness(states, sequences, item_table, prefixes[split], [], config["eval_settings"],
-                                            methods, config["fusion_weight"], heads, config["spearman_top_m"],
-                                            config["eval_batch_size"], gap_override=gaps):
-                    rows.append(dict(r, split=split, refresh_interval=config["refresh_interval"]))
+                gaps = refresh_gaps(run.sequences, ids, config["refresh_interval"])
+                rows += [dict(r, split=split, refresh_interval=config["refresh_interval"])
+                         for r in evaluate_staleness(gaps=[], gap_override=gaps, **common)]
+    return rows
 
+
+def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, config_file_list: list[str] | None = None,
+                        config_dict: dict | None = None, saved: bool = True) -> dict[str, Any]:
+    """Run stage 1, stage 2 and the staleness evaluation; returns the ``results.json`` dict.
+
+    Args:
+        model: the structure encoder (a RecBole or plug-in sequential model), default SASRec.
+        dataset: a prepared dataset name, default ml-100k.
+        config_file_list: yaml files layered over the package defaults.
+        config_dict: overrides (highest priority).
+        saved: write the results files and the stage-1 checkpoint.
+    """
+    run = build_run(model, dataset, config_file_list, config_dict, saved)
+    rows = evaluate_run(run)
+    config = run.config
     summary = {
         "dataset": config["dataset"],
         "model": config["model"],
         "seed": config["seed"],
         "candidate_size": config["candidate_size"],
         "config": {k: v for k, v in config.final_config_dict.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
-        "timings_s": timer.seconds,
-        "lm_forward_calls": encoder.forward_calls,
-        "n_users": sequences.n_users,
-        "n_interactions": int(len(sequences.items)),
-        "n_semantic_prefixes": int(len(prefixes["all"])),
-        "full_ranking": full_ranking,
-        "stage1": {k: v for k, v in stage1_info.items() if k != "history"},
-        "stage2": {m: {k: v for k, v in info.items() if k != "history"} for m, info in stage2_info.items()},
+        "timings_s": run.timer.seconds,
+        "lm_forward_calls": run.lm_forward_calls,
+        "n_users": run.sequences.n_users,
+        "n_interactions": int(len(run.sequences.items)),
+        "n_semantic_prefixes": int(len(run.prefixes["all"])),
+        "full_ranking": run.full_ranking,
+        "stage1": {k: v for k, v in run.info["stage1"].items() if k != "history"},
+        "stage2": {m: {k: v for k, v in i.items() if k != "history"} for m, i in run.info["stage2"].items()},
     }
-    main = [r for r in rows if r["split"] == "test" and r["setting"] == "S2" and r["gap"] == 5]
-    for r in main:
-        logger.info(f"test S2 gap 5 {r['method']:>22}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
+    for r in rows:
+        if r["split"] == "test" and r["setting"] == "S2" and r["gap"] == 5:
+            logger.info(f"test S2 gap 5 {r['method']:>22}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
     if saved:
-        paths = write_results(results_dir, summary, rows)
+        paths = write_results(run.results_dir, summary, rows)
         logger.info(f"results written to {paths['results.json']}")
         print(open(paths["results.md"], encoding="utf-8").read())
     summary["results"] = [{k: v for k, v in r.items() if k != "ranks"} for r in rows]

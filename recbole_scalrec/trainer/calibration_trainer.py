@@ -46,17 +46,17 @@ def distillation_loss(head: StalenessHead, req: StaleRequests, cues: torch.Tenso
     log_teacher = log_p(req.z_sem_fresh, fusion_weight)
     adj = adjustment(method, req, fusion_weight, {method: head}, cues)
     loss = kl_div(log_teacher, log_p(adj.z_sem, adj.weight)).mean()
-    parts = {"kd": float(loss)}
+    parts = {"kd": loss.item()}
     if adj.reliability is not None and head.lambda_rel > 0:
         with torch.no_grad():
             target = torch.exp(-kl_div(log_teacher, log_p(req.z_sem_snap, fusion_weight)))
         l_rel = ((adj.reliability - target) ** 2).mean()
         loss = loss + head.lambda_rel * l_rel
-        parts["rel"] = float(l_rel)
+        parts["rel"] = l_rel.item()
     if adj.proposal is not None and head.lambda_reg > 0:
         l_reg = adj.proposal.pow(2).sum(-1).mean()
         loss = loss + head.lambda_reg * l_reg
-        parts["reg"] = float(l_reg)
+        parts["reg"] = l_reg.item()
     return loss, parts
 
 
@@ -98,7 +98,7 @@ class CalibrationTrainer:
         torch.manual_seed(cfg["seed"])
         self.fit_scaler(head, rng)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg["stage2_learning_rate"])
-        best, best_state, bad, history = self.validate(head, method), copy.deepcopy(head.state_dict()), 0, []
+        best, best_state, bad, history = -float("inf"), None, 0, []
         for epoch in range(cfg["stage2_epochs"]):
             head.train()
             order = rng.permutation(len(self.train_ids))
@@ -111,17 +111,18 @@ class CalibrationTrainer:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(req)
+                total += loss.item() * len(req)
                 n += len(req)
             score = self.validate(head, method)
             history.append({"epoch": epoch, "loss": total / max(n, 1), "valid_ndcg@10": score})
             logger.info(f"stage 2 [{method}] epoch {epoch}: loss {total / max(n, 1):.5f}, valid NDCG@10 {score:.4f}")
-            if score > best:
+            if score >= best:  # ties go to the longer-trained head
                 best, best_state, bad = score, copy.deepcopy(head.state_dict()), 0
             else:
                 bad += 1
                 if bad >= cfg["stage2_stopping_step"]:
                     break
-        head.load_state_dict(best_state)
+        if best_state is not None:
+            head.load_state_dict(best_state)
         head.eval()
         return {"best_valid_ndcg@10": best, "epochs_run": len(history), "history": history}

@@ -56,7 +56,7 @@ class FusionTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(target)
+            total += loss.item() * len(target)
             n += len(target)
         return total / max(n, 1)
 

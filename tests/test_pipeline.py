@@ -1,0 +1,121 @@
+"""End-to-end pipeline on a tiny synthetic dataset: CLI, results files, stage-2 behaviour."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from synthetic import tiny_config_dict, write_synthetic_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHOD_NAMES = ["fresh_fusion", "cached_fusion", "structure_only", "semantic_only", "learned_gate", "dynamic_fusion",
+                "scalrec", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss", "scalrec_no_spearman"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from recbole_scalrec.quick_start import run_recbole_scalrec
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_synthetic_dataset(str(root / "data"), "tiny")
+    cfg = tiny_config_dict(str(root / "data"), results_dir=str(root / "out"), semantic_cache_dir=str(root / "cache"))
+    result = run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=cfg)
+    return root, cfg, result
+
+
+def test_results_json_schema(tiny_run):
+    root, _, _ = tiny_run
+    payload = json.load(open(root / "out" / "results.json"))
+    for key in ("dataset", "model", "seed", "candidate_size", "config", "timings_s", "lm_forward_calls", "results"):
+        assert key in payload
+    assert payload["dataset"] == "tiny" and payload["model"] == "SASRec" and payload["candidate_size"] == 10
+    assert isinstance(payload["lm_forward_calls"], int) and payload["lm_forward_calls"] > 0
+    seen = set()
+    for row in payload["results"]:
+        assert row["split"] in ("valid", "test") and row["setting"] in ("S1", "S2") and row["gap"] in (0, 5, 10, 20)
+        assert row["method"] in METHOD_NAMES
+        assert set(row["metrics"]) == {"hit@5", "ndcg@5", "hit@10", "ndcg@10", "candidate_recall"}
+        assert row["n_requests"] == 40 and 0 <= row["n_clamped"] <= 40
+        seen.add((row["split"], row["setting"], row["gap"], row["method"]))
+    assert len(seen) == 2 * 2 * 4 * len(METHOD_NAMES)
+    for name in ("per_request.npz", "results.md", "staleness_curves.png"):
+        assert (root / "out" / name).stat().st_size > 0
+    ranks = np.load(root / "out" / "per_request.npz")
+    assert ranks["test/S2/5/scalrec"].shape == (40,)
+
+
+def test_methods_share_candidates_and_staleness_hurts_only_when_stale(tiny_run):
+    _, _, result = tiny_run
+    rows = {(r["split"], r["setting"], r["gap"], r["method"]): r["metrics"] for r in result["results"]}
+    for setting in ("S1", "S2"):
+        for gap in (0, 5, 10, 20):
+            recalls = {rows[("test", setting, gap, m)]["candidate_recall"] for m in METHOD_NAMES}
+            assert len(recalls) == 1  # one candidate set per request, whatever the method
+    # at gap 0 the snapshot is the present: cached fusion is fresh fusion
+    assert rows[("test", "S2", 0, "cached_fusion")] == rows[("test", "S2", 0, "fresh_fusion")]
+    # in S1 the fresh upper bound does not depend on the gap
+    assert rows[("test", "S1", 20, "fresh_fusion")] == rows[("test", "S1", 0, "fresh_fusion")]
+
+
+def test_warm_run_makes_no_lm_calls_and_reuses_stage1(tiny_run):
+    from recbole_scalrec.quick_start import run_recbole_scalrec
+
+    root, cfg, first = tiny_run
+    again = run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=dict(cfg, stage2_methods=["scalrec"]))
+    assert again["lm_forward_calls"] == 0
+    assert again["full_ranking"] == first["full_ranking"]
+
+
+def test_zero_gap_gives_reliability_near_one_and_small_correction(tmp_path):
+    """After stage 2, Delta = 0 requests get r close to 1 and a near-zero correction."""
+    from recbole_scalrec.methods import request_cues
+    from recbole_scalrec.quick_start import build_run
+
+    write_synthetic_dataset(str(tmp_path / "data"), "tiny")
+    cfg = tiny_config_dict(str(tmp_path / "data"), results_dir=str(tmp_path / "out"),
+                           semantic_cache_dir=str(tmp_path / "cache"), stage2_epochs=15, stage2_stopping_step=15,
+                           stage2_learning_rate=0.01, stage2_methods=["scalrec"])
+    run = build_run(model="SASRec", dataset="tiny", config_dict=cfg)
+    head = run.heads["scalrec"]
+    from recbole_scalrec.snapshot import stale_requests
+
+    req = stale_requests(run.states, run.sequences, run.prefixes["test"], 0, s2=True)
+    with torch.no_grad():
+        adj = head.adjust(req, request_cues(req, run.item_table, cfg["spearman_top_m"]))
+    assert adj.reliability.mean() > 0.9
+    rel_change = (adj.z_sem - req.z_sem_snap).norm(dim=-1) / req.z_sem_snap.norm(dim=-1)
+    assert rel_change.max() <= 0.2 * (1 - adj.reliability.min()) + 1e-6
+    assert rel_change.mean() < 0.02
+
+
+def test_cli_one_epoch_on_tiny_data(tmp_path):
+    write_synthetic_dataset(str(tmp_path / "data"), "tiny")
+    args = [sys.executable, os.path.join(REPO, "run_recbole_scalrec.py"), "--model=GRU4Rec", "--dataset=tiny",
+            f"--data_path={tmp_path / 'data'}", "--epochs=1", "--stage2_epochs=1", "--item_text_fields=['title', 'genre']",
+            f"--results_dir={tmp_path / 'out'}", f"--semantic_cache_dir={tmp_path / 'cache'}", "--MAX_ITEM_LIST_LENGTH=10",
+            "--candidate_size=10", "--stage2_methods=['scalrec']", "--embedding_size=16", "--hidden_size=16",
+            "--state=WARNING"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.load(open(tmp_path / "out" / "results.json"))
+    assert payload["model"] == "GRU4Rec" and {r["method"] for r in payload["results"]} >= {"scalrec", "cached_fusion"}
+
+
+def test_cli_rejects_malformed_override_and_unknown_model(tmp_path):
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_scalrec.py"), "--epochs", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--key=value" in bad.stderr
+    unknown = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_scalrec.py"), "--model=SASRek"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "SASRec" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_help_lists_scalrec_keys():
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_scalrec.py"), "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    for key in ("correction_radius", "kd_temperature", "lambda_rel", "candidate_size", "eval_gaps", "fusion_weight"):
+        assert key in done.stdout
