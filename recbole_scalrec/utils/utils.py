@@ -26,8 +26,16 @@ def properties_dir() -> Path:
 
 
 def shared_datasets_dir() -> Path:
-    """Where the raw shared datasets live: ``$SCALREC_SHARED_DATA`` or ``../shared/datasets``."""
-    return Path(os.environ.get(SHARED_DATA_ENV, "../shared/datasets")).expanduser()
+    """Where the raw shared datasets live: ``$SCALREC_SHARED_DATA``, else ``../shared/datasets``
+    relative to the working directory, else ``<repo>/../shared/datasets`` (source checkout)."""
+    if os.environ.get(SHARED_DATA_ENV):
+        return Path(os.environ[SHARED_DATA_ENV]).expanduser()
+    default = Path("../shared/datasets")
+    if not default.is_dir():
+        beside_repo = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+        if beside_repo.is_dir():
+            return beside_repo
+    return default
 
 
 _SUBMODULES = ("sequential_recommender",)
