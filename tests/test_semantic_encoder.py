@@ -32,10 +32,10 @@ def test_parity_with_sentence_transformers(encoder):
     ours = encoder.encode(TEXTS)
     assert ours.dtype == np.float32 and ours.shape == (len(TEXTS), encoder.dim) == (len(TEXTS), 384)
     assert float(np.abs(ours - ref).max()) <= 1e-5
-    # the stock (padded) forward path agrees as well
-    slow = SemanticEncoder(batch_size=3, fast=False)
-    assert slow._packed is None and encoder._packed is not None
-    assert float(np.abs(slow.encode(TEXTS) - ref).max()) <= 1e-5
+    # the packed (padding-free) forward path agrees as well
+    packed = SemanticEncoder(batch_size=3, packed=True)
+    assert packed._packed is not None and encoder._packed is None
+    assert float(np.abs(packed.encode(TEXTS) - ref).max()) <= 1e-5
 
 
 def test_settings_forward_calls_and_order(encoder):
