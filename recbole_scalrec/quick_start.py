@@ -66,8 +66,10 @@ def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
         if config["refresh_interval"]:
             parts.append(sequences.shift_prefix(ids, refresh_gaps(sequences, ids, config["refresh_interval"]))[0])
     all_ids = np.unique(np.concatenate(parts))
+    # stage 1 trains on every encoded training prefix; stage 2 draws requests from the grid,
+    # whose snapshots at every stage-2 gap were listed above
     train_all = np.intersect1d(all_ids, sequences.train_prefixes())
-    return {"all": all_ids, "train": train_all, "valid": valid, "test": test}
+    return {"all": all_ids, "train": train_all, "stage2": train, "valid": valid, "test": test}
 
 
 def _fingerprint(payload: dict) -> str:
@@ -169,7 +171,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     # --- stage 2: estimator + calibrator (and the trained baselines) ------------------------
     heads, stage2_info = {}, {}
     item_table = fusion.item_table.detach()
-    trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["train"], prefixes["valid"])
+    trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["stage2"], prefixes["valid"])
     with timer.stage("stage2"):
         for method in config["stage2_methods"]:
             head = build_head(method, config, item_table.shape[1]).to(device)

@@ -39,13 +39,9 @@ def shared_datasets_dir() -> Path:
 
 
 _SUBMODULES = ("sequential_recommender",)
-_RECBOLE_SUBMODULES = (
-    "general_recommender",
-    "context_aware_recommender",
-    "sequential_recommender",
-    "knowledge_aware_recommender",
-    "exlib_recommender",
-)
+# The structure encoder is a sequential model; RecBole's other families are not searched (its
+# exlib_recommender package would also import optional xgboost/lightgbm).
+_RECBOLE_SUBMODULES = ("sequential_recommender",)
 
 
 def list_sequential_models() -> list[str]:
