@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 class FusionTrainer:
-    """Trains a :class:`FusionModel` on the prefixes that have semantics."""
+    """Trains a :class:`FusionModel` on the prefixes that have semantics.
 
-    def __init__(self, config, model: FusionModel, sequences: UserSequences, semantic: PrefixTable) -> None:
+    With ``semantic=None`` it trains the backbone alone (structure-only logits ``<z_str, v_i>``),
+    the same loop RecBole's stock trainer is compared with in ``benchmarks/trainer_speed.py``.
+    """
+
+    def __init__(self, config, model: FusionModel, sequences: UserSequences, semantic: PrefixTable | None) -> None:
         self.config = config
         self.model = model
         self.sequences = sequences
@@ -40,9 +44,12 @@ class FusionTrainer:
     def _batch(self, prefix_ids: np.ndarray):
         ids = torch.as_tensor(prefix_ids)
         seq, length = self.sequences.gather_sequences(ids, self.max_len)
-        h = self.semantic(prefix_ids)
+        h = self.semantic(prefix_ids) if self.semantic is not None else None
         target = torch.as_tensor(self.sequences.targets(prefix_ids))
-        return seq.to(self.device), length.to(self.device), h.to(self.device), target.to(self.device)
+        return seq.to(self.device), length.to(self.device), None if h is None else h.to(self.device), target.to(self.device)
+
+    def _z_sem(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        return None if h is None else self.model.semantic(h)
 
     def train_epoch(self, train_ids: np.ndarray, generator: np.random.Generator) -> float:
         self.model.train()
@@ -51,7 +58,7 @@ class FusionTrainer:
         total, n = 0.0, 0
         for lo in range(0, len(order), bs):
             seq, length, h, target = self._batch(train_ids[order[lo : lo + bs]])
-            logits = self.model.full_scores(self._structure(seq, length), self.model.semantic(h))
+            logits = self.model.full_scores(self._structure(seq, length), self._z_sem(h))
             loss = F.cross_entropy(logits, target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -64,11 +71,12 @@ class FusionTrainer:
     def evaluate(self, prefix_ids: np.ndarray) -> dict[str, dict[str, float]]:
         """Full-ranking HR/NDCG@{5,10} of the fused model and of its structure channel alone."""
         self.model.eval()
-        ranks = {"fused": [], "structure_only": []}
+        ranks = {"fused": [], "structure_only": []} if self.semantic is not None else {"structure_only": []}
         for lo in range(0, len(prefix_ids), self.config["eval_batch_size"]):
             seq, length, h, target = self._batch(prefix_ids[lo : lo + self.config["eval_batch_size"]])
             z_str = self.model.structure(seq, length)
-            ranks["fused"].append(full_ranking_metrics(self.model.full_scores(z_str, self.model.semantic(h)), target))
+            if h is not None:
+                ranks["fused"].append(full_ranking_metrics(self.model.full_scores(z_str, self._z_sem(h)), target))
             ranks["structure_only"].append(full_ranking_metrics(self.model.full_scores(z_str, None), target))
         return {k: metrics_from_ranks(np.concatenate(v)) for k, v in ranks.items()}
 
@@ -81,10 +89,10 @@ class FusionTrainer:
             loss = self.train_epoch(train_ids, generator)
             train_s = time.perf_counter() - start
             valid = self.evaluate(valid_ids)
-            score = valid["fused"]["ndcg@10"]
+            score = valid["fused" if "fused" in valid else "structure_only"]["ndcg@10"]
             self.history.append({"epoch": epoch, "loss": loss, "train_s": train_s, "valid_ndcg@10": score})
-            logger.info(f"stage 1 epoch {epoch}: loss {loss:.4f} ({train_s:.1f}s), valid fused NDCG@10 {score:.4f}, "
-                        f"structure-only {valid['structure_only']['ndcg@10']:.4f}")
+            logger.info(f"stage 1 epoch {epoch}: loss {loss:.4f} ({train_s:.1f}s), valid NDCG@10 {score:.4f}, "
+                        f"structure channel {valid['structure_only']['ndcg@10']:.4f}")
             if score > best:
                 best, best_state, bad = score, copy.deepcopy(self.model.state_dict()), 0
             else:
