@@ -119,3 +119,17 @@ def test_help_lists_scalrec_keys():
     assert done.returncode == 0
     for key in ("correction_radius", "kd_temperature", "lambda_rel", "candidate_size", "eval_gaps", "fusion_weight"):
         assert key in done.stdout
+
+
+def test_full_pipeline_with_surge_backbone(tmp_path):
+    from recbole_scalrec.quick_start import run_recbole_scalrec
+
+    write_synthetic_dataset(str(tmp_path / "data"), "tiny")
+    cfg = tiny_config_dict(str(tmp_path / "data"), results_dir=str(tmp_path / "out"), semantic_cache_dir=str(tmp_path / "cache"),
+                           epochs=1, stage2_epochs=1, stage2_methods=["scalrec"], embedding_size=16, hidden_size=16,
+                           pool_length=5)
+    result = run_recbole_scalrec(model="SURGE", dataset="tiny", config_dict=cfg)
+    assert result["model"] == "SURGE"
+    methods = {r["method"] for r in result["results"]}
+    assert {"scalrec", "cached_fusion", "fresh_fusion", "structure_only"} <= methods
+    assert all(0.0 <= r["metrics"]["ndcg@10"] <= 1.0 for r in result["results"])
