@@ -1,0 +1,183 @@
+"""Aggregate runs' ``results.json`` / ``per_request.npz`` into the reproduction report.
+
+    python -m recbole_scalrec.report docs/results/*/ > docs/results.md
+
+Each argument is a results folder (``results.json`` and ``per_request.npz``). Runs of the same
+dataset and backbone with different seeds are pooled: mean ± std over seeds, and a paired
+Wilcoxon signed-rank test over (seed, user) requests of SCaLRec's per-request NDCG@10 against the
+strongest deployable baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+DEPLOYABLE_BASELINES = ("cached_fusion", "structure_only", "semantic_only", "learned_gate", "dynamic_fusion")
+ABLATIONS = ("scalrec", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss", "scalrec_no_spearman")
+MAIN_METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
+
+
+def load_runs(folders: list[str]) -> dict[tuple[str, str], list[dict]]:
+    runs = defaultdict(list)
+    for folder in folders:
+        with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
+            payload = json.load(f)
+        npz = os.path.join(folder, "per_request.npz")
+        payload["ranks"] = dict(np.load(npz)) if os.path.isfile(npz) else {}
+        payload["folder"] = folder
+        runs[(payload["dataset"], payload["model"])].append(payload)
+    return runs
+
+
+def metric(run: dict, split: str, setting: str, gap: int, method: str, name: str) -> float:
+    for r in run["results"]:
+        if (r["split"], r["setting"], r["gap"], r["method"]) == (split, setting, gap, method):
+            return r["metrics"][name]
+    return float("nan")
+
+
+def mean_std(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+
+
+def ndcg10(ranks: np.ndarray) -> np.ndarray:
+    return np.where((ranks > 0) & (ranks <= 10), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+
+
+def methods_of(run: dict) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in run["results"]))
+
+
+def main_table(runs: list[dict], setting="S2", gap=5) -> list[str]:
+    out = ["| method | " + " | ".join(m.upper() for m in MAIN_METRICS) + " |", "|---|" + "---|" * len(MAIN_METRICS)]
+    for m in methods_of(runs[0]):
+        cells = [mean_std([metric(r, "test", setting, gap, m, k) for r in runs]) for k in MAIN_METRICS]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out
+
+
+def strongest_baseline(runs: list[dict], setting="S2", gap=5) -> str:
+    present = [m for m in DEPLOYABLE_BASELINES if m in methods_of(runs[0])]
+    return max(present, key=lambda m: np.mean([metric(r, "valid", setting, gap, m, "ndcg@10") for r in runs]))
+
+
+def paired_test(runs: list[dict], baseline: str, setting="S2", gap=5) -> str:
+    ours, base = [], []
+    for r in runs:
+        key = f"test/{setting}/{gap}"
+        if f"{key}/scalrec" in r["ranks"] and f"{key}/{baseline}" in r["ranks"]:
+            ours.append(ndcg10(r["ranks"][f"{key}/scalrec"]))
+            base.append(ndcg10(r["ranks"][f"{key}/{baseline}"]))
+    if not ours:
+        return "no per-request ranks"
+    a, b = np.concatenate(ours), np.concatenate(base)
+    diff = a - b
+    if not np.any(diff):
+        return f"n = {len(a)} requests: identical per-request NDCG@10 (no test possible)"
+    p = wilcoxon(a, b).pvalue
+    return (f"n = {len(a)} (seed, user) requests; mean per-request NDCG@10 difference {diff.mean():+.4f}; "
+            f"SCaLRec better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}; Wilcoxon signed-rank p = {p:.3g}")
+
+
+def gap_table(runs: list[dict], setting: str) -> list[str]:
+    gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"] is not None})
+    out = ["| method | " + " | ".join(f"Δ={g}" for g in gaps) + " |", "|---|" + "---|" * len(gaps)]
+    for m in methods_of(runs[0]):
+        out.append(f"| {m} | " + " | ".join(f"{np.mean([metric(r, 'test', setting, g, m, 'ndcg@10') for r in runs]):.4f}"
+                                             for g in gaps) + " |")
+    return out
+
+
+def recovery(runs: list[dict], setting: str, gap: int) -> float:
+    f = np.mean([metric(r, "test", setting, gap, "fresh_fusion", "ndcg@10") for r in runs])
+    c = np.mean([metric(r, "test", setting, gap, "cached_fusion", "ndcg@10") for r in runs])
+    s = np.mean([metric(r, "test", setting, gap, "scalrec", "ndcg@10") for r in runs])
+    return (s - c) / (f - c) if abs(f - c) > 1e-12 else float("nan")
+
+
+def s2_mean(runs: list[dict], method: str, gaps=(5, 10, 20)) -> float:
+    return float(np.mean([metric(r, "test", "S2", g, method, "ndcg@10") for r in runs for g in gaps]))
+
+
+def claims(runs_by_key: dict) -> list[str]:
+    """The paper's claims, one line each per (dataset, backbone), with a verdict from the numbers."""
+    out = ["## The paper's claims against our numbers", "",
+           "| claim | dataset, backbone | evidence (test NDCG@10, mean over seeds) | verdict |", "|---|---|---|---|"]
+    gains_by_backbone = defaultdict(list)
+    for (dataset, model), runs in sorted(runs_by_key.items()):
+        gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"] is not None})
+        cached = {st: [np.mean([metric(r, "test", st, g, "cached_fusion", "ndcg@10") for r in runs]) for g in gaps]
+                  for st in ("S1", "S2")}
+        mono = all(a >= b - 1e-12 for a, b in zip(cached["S2"], cached["S2"][1:]))
+        out.append(f"| monotone degradation with Δ (cached fusion, S2) | {dataset}, {model} | "
+                   + ", ".join(f"Δ={g}: {v:.4f}" for g, v in zip(gaps, cached["S2"])) + f" | {'holds' if mono else 'does not hold'} |")
+        harder = all(b < a for g, a, b in zip(gaps, cached["S1"], cached["S2"]) if g > 0)
+        out.append(f"| S2 harder than S1 (cached fusion, Δ > 0) | {dataset}, {model} | "
+                   + ", ".join(f"Δ={g}: S1 {a:.4f} / S2 {b:.4f}" for g, a, b in zip(gaps, cached["S1"], cached["S2"]) if g > 0)
+                   + f" | {'holds' if harder else 'does not hold'} |")
+        margins = [np.mean([metric(r, "test", "S2", g, "scalrec", "ndcg@10") - metric(r, "test", "S2", g, "cached_fusion", "ndcg@10")
+                            for r in runs]) for g in gaps]
+        at5 = margins[gaps.index(5)] if 5 in gaps else margins[0]
+        widens = margins[-1] > at5 and margins[-1] > 0
+        out.append(f"| SCaLRec's margin over cached fusion widens with Δ (S2) | {dataset}, {model} | "
+                   + ", ".join(f"Δ={g}: {m:+.4f}" for g, m in zip(gaps, margins)) + f" | {'holds' if widens else 'does not hold'} |")
+        full, no_est, no_cal = s2_mean(runs, "scalrec"), s2_mean(runs, "scalrec_no_estimator"), s2_mean(runs, "cached_fusion")
+        out.append(f"| removing the calibrator hurts more than removing the estimator (S2, Δ ∈ {{5,10,20}}) | {dataset}, {model} | "
+                   f"SCaLRec {full:.4f}, w/o estimator {no_est:.4f}, w/o calibrator (= cached fusion) {no_cal:.4f} | "
+                   f"{'holds' if full - no_cal > max(full - no_est, 0.0) else 'does not hold'} |")
+        gate, dyn = s2_mean(runs, "learned_gate"), s2_mean(runs, "dynamic_fusion")
+        out.append(f"| calibration beats gating and dynamic fusion (S2, Δ ∈ {{5,10,20}}) | {dataset}, {model} | "
+                   f"SCaLRec {full:.4f}, gate {gate:.4f}, dynamic {dyn:.4f} | {'holds' if full > max(gate, dyn) else 'does not hold'} |")
+        gains_by_backbone[model].append(full - no_cal)
+    verdict = all(g > 0 for gains in gains_by_backbone.values() for g in gains) and len(gains_by_backbone) >= 2
+    out.append("| gains over cached fusion hold on both backbones (S2, Δ ∈ {5,10,20}) | all | "
+               + "; ".join(f"{m}: " + ", ".join(f"{g:+.4f}" for g in v) for m, v in sorted(gains_by_backbone.items()))
+               + f" | {'holds' if verdict else ('not testable: one backbone run' if len(gains_by_backbone) < 2 else 'does not hold')} |")
+    return out + [""]
+
+
+def report(runs_by_key: dict) -> str:
+    out = ["# Reproduction report", "",
+           "Generated by `python -m recbole_scalrec.report docs/results/*/ > docs/results.md` from the raw",
+           "`results.json` / `per_request.npz` under `docs/results/` (each folder's `command.txt` is the command",
+           "that produced it). Test split; NDCG@10 unless named.", ""]
+    for (dataset, model), runs in sorted(runs_by_key.items()):
+        seeds = sorted(r["seed"] for r in runs)
+        out += [f"## {dataset}, {model} (seeds {', '.join(map(str, seeds))})", "", "### Main table (Δ = 5, S2)", ""]
+        out += main_table(runs) + [""]
+        base = strongest_baseline(runs)
+        out += [f"Strongest deployable baseline (valid NDCG@10, Δ = 5, S2): `{base}`. Paired test: {paired_test(runs, base)}.", ""]
+        for setting in ("S1", "S2"):
+            out += [f"### NDCG@10 against Δ, {setting}", ""] + gap_table(runs, setting) + [""]
+        gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"]})
+        out += ["### Recovery ratio (NDCG_SCaLRec − NDCG_cached) / (NDCG_fresh − NDCG_cached)", "",
+                "| setting | " + " | ".join(f"Δ={g}" for g in gaps) + " |", "|---|" + "---|" * len(gaps)]
+        for setting in ("S1", "S2"):
+            out.append(f"| {setting} | " + " | ".join(f"{recovery(runs, setting, g):.3f}" for g in gaps) + " |")
+        out += ["", "### Ablations (S2, NDCG@10 mean over Δ ∈ {5, 10, 20})", "", "| variant | NDCG@10 |", "|---|---|"]
+        for m in ABLATIONS + ("learned_gate", "dynamic_fusion", "cached_fusion"):
+            if m in methods_of(runs[0]):
+                out.append(f"| {m} | {np.mean([metric(r, 'test', 'S2', g, m, 'ndcg@10') for r in runs for g in (5, 10, 20)]):.4f} |")
+        out += ["", "### Wall time per stage (s, mean over seeds)", "", "| stage | seconds |", "|---|---|"]
+        for stage in runs[0]["timings_s"]:
+            out.append(f"| {stage} | {np.mean([r['timings_s'].get(stage, np.nan) for r in runs]):.1f} |")
+        out += [f"", f"LM forward calls (first run): {runs[0]['lm_forward_calls']}; prefixes encoded: "
+                f"{runs[0].get('n_semantic_prefixes', 'n/a')}.", ""]
+    return "\n".join(out + claims(runs_by_key))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="aggregate results folders into a markdown report")
+    parser.add_argument("folders", nargs="+")
+    args = parser.parse_args()
+    print(report(load_runs(args.folders)))
+
+
+if __name__ == "__main__":
+    main()
