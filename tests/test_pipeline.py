@@ -133,3 +133,18 @@ def test_full_pipeline_with_surge_backbone(tmp_path):
     methods = {r["method"] for r in result["results"]}
     assert {"scalrec", "cached_fusion", "fresh_fusion", "structure_only"} <= methods
     assert all(0.0 <= r["metrics"]["ndcg@10"] <= 1.0 for r in result["results"])
+
+
+def test_report_aggregates_a_run(tiny_run):
+    from recbole_scalrec.report import load_runs, recovery, report
+
+    root, _, _ = tiny_run
+    runs = load_runs([str(root / "out")])
+    text = report(runs)
+    assert "## tiny, SASRec" in text and "Main table" in text and "paper's claims" in text
+    assert "| scalrec |" in text and "Recovery ratio" in text
+    r = runs[("tiny", "SASRec")]
+    f, c, s = (next(x["metrics"]["ndcg@10"] for x in r[0]["results"] if (x["split"], x["setting"], x["gap"], x["method"])
+                    == ("test", "S2", 10, m)) for m in ("fresh_fusion", "cached_fusion", "scalrec"))
+    if abs(f - c) > 1e-12:
+        assert recovery(r, "S2", 10) == pytest.approx((s - c) / (f - c))
