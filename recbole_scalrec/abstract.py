@@ -4,11 +4,19 @@ Template (parts without data are left out)::
 
     Recent items (newest first): <text of i_t>; <text of i_{t-1}>; ... (up to L items).
     Time: <weekday> <part of day>.            # when timestamps are real time
-    Request: <the user's latest request>.     # when the dataset has request text (ReDial)
+    Request: <the user's latest request>      # when the dataset has request text (ReDial)
 
-Time words come from the timestamp of the newest item, in the dataset's local time zone
-(``timestamp_timezone``). Parts of day: night [0, 5), morning [5, 12), afternoon [12, 17),
-evening [17, 21), night [21, 24).
+Parts are joined by one space. An item's text is its ``item_text_fields`` joined by ``", "``
+(:func:`recbole_scalrec.data.item_text.load_item_texts`). Time words come from the timestamp of
+the newest item, in the dataset's local time zone (``timestamp_timezone``, daylight saving
+included); they are left out when ``abstract_time_words`` or ``real_timestamps`` is False or the
+data has no timestamps. Parts of day (local hour): night [0, 5), morning [5, 12), afternoon
+[12, 17), evening [17, 21), night [21, 24). The request is the request text of the newest item's
+interaction (ReDial: the seeker's words up to that mention), whitespace-stripped, as is (no
+period added); an empty request is left out.
+
+With ``abstract_rewrite: True`` the builder from :meth:`AbstractBuilder.from_config` returns
+these texts rewritten by a small on-device LM (:mod:`recbole_scalrec.abstract_rewrite`).
 """
 from __future__ import annotations
 
@@ -56,14 +64,23 @@ class AbstractBuilder:
 
     @classmethod
     def from_config(cls, config, sequences: UserSequences, item_texts, request_texts=None) -> "AbstractBuilder":
-        return cls(
+        """The template builder of the config; wrapped in a
+        :class:`~recbole_scalrec.abstract_rewrite.RewrittenAbstracts` when ``abstract_rewrite`` is on
+        (its ``build``/``settings`` have the same signatures)."""
+        builder = cls(
             sequences,
             item_texts,
             length=config["abstract_length"],
-            time_words=bool(config["abstract_time_words"]),
+            # an order index (real_timestamps False, e.g. ReDial) has no time of day
+            time_words=bool(config["abstract_time_words"]) and config["real_timestamps"] is not False,
             tz=config["timestamp_timezone"] or "UTC",
             request_texts=request_texts,
         )
+        if config["abstract_rewrite"]:
+            from recbole_scalrec.abstract_rewrite import AbstractRewriter, RewrittenAbstracts
+
+            return RewrittenAbstracts(builder, AbstractRewriter.from_config(config))
+        return builder
 
     def settings(self) -> dict:
         """What changes the text (part of the semantic cache key)."""
