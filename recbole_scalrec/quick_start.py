@@ -3,6 +3,20 @@
 load data -> device abstracts -> cloud semantics (cached LM outputs) -> stage 1 fusion
 backbone -> per-prefix states (z_str, z_sem, candidates) -> stage 2 heads -> staleness
 evaluation -> results files.
+
+Reliability:
+
+* bad inputs raise ``ValueError`` (``DataTextError``, ``ConfigError``), ``FileNotFoundError``,
+  ``KeyError`` or ``FloatingPointError`` with one message naming the problem and the fix; the CLI
+  prints ``error: <message>`` and exits 2 (``SCALREC_DEBUG=1`` shows the traceback);
+* determinism: the seed is set before the data, again before the backbone is built, when stage 1
+  starts (dropout: ``seed + rank``) and when each stage-2 head starts;
+* stage-1 checkpoint ``<results_dir>/stage1.pth``: reused when its key (data, semantics and the
+  stage-1 settings, :func:`stage1_key`) matches; refused with the differing settings named when
+  it does not and the run would overwrite it (``saved=True``); trained in memory, the file left
+  alone, when ``saved=False``; retrained and overwritten when it cannot be read;
+* several processes (``nproc`` / ``world_size``): see :mod:`recbole_scalrec.distributed`; the
+  semantic precompute and stage 1 are shared by all ranks, the rest runs on rank 0.
 """
 from __future__ import annotations
 
@@ -18,14 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from recbole.data import create_dataset
 from recbole.utils import init_logger, init_seed
 
+from recbole_scalrec import distributed
 from recbole_scalrec.abstract import AbstractBuilder
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.item_text import load_item_texts, load_request_texts
 from recbole_scalrec.data.prepare import ensure_prepared
-from recbole_scalrec.data.sequences import UserSequences
+from recbole_scalrec.data.sequences import UserSequences, raw_user_count
 from recbole_scalrec.fusion import FusionModel
 from recbole_scalrec.methods import FIXED_METHODS, build_head
 from recbole_scalrec.protocol import evaluate_staleness
@@ -54,6 +68,29 @@ class Timer:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
+def load_dataset(config):
+    """RecBole's filtered dataset, always built from the atomic files.
+
+    ``recbole.data.create_dataset`` first unpickles ``<checkpoint_dir>/<dataset>-<Class>.pth`` (or
+    ``dataset_save_path``) whenever such a file exists, whoever wrote it; unpickling runs code, so
+    the pipeline never does that: it builds the dataset class RecBole would pick, and a saved file
+    is ignored (logged).
+    """
+    import importlib
+
+    from recbole.utils import ModelType
+
+    module = importlib.import_module("recbole.data.dataset")
+    name = config["model"] + "Dataset"
+    if not hasattr(module, name):
+        name = {ModelType.SEQUENTIAL: "SequentialDataset", ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}.get(
+            config["MODEL_TYPE"], "Dataset")
+    saved_file = config["dataset_save_path"] or os.path.join(config["checkpoint_dir"], f"{config['dataset']}-{name}.pth")
+    if os.path.exists(saved_file):
+        logger.info(f"ignoring the pickled dataset {saved_file} (not unpickled); building from the atomic files")
+    return getattr(module, name)(config)
+
+
 def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
     """Every prefix whose semantics the run needs: thinned training prefixes, their
     stage-2 snapshots, and each user's valid/test request with its snapshots at every gap."""
@@ -72,8 +109,58 @@ def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
     return {"all": all_ids, "train": train_all, "stage2": train, "valid": valid, "test": test}
 
 
+def _plain_key(value: Any) -> Any:
+    """``value`` as JSON types (what a ``weights_only`` checkpoint may hold)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint in the results folder was made for other data or settings."""
+
+
+def _key_differences(stored: dict | None, wanted: dict) -> str:
+    if not isinstance(stored, dict):
+        return "its settings are not recorded (written by an older version)"
+    diffs = []
+    for name in sorted(set(stored.get("config", {})) | set(wanted["config"])):
+        a, b = stored.get("config", {}).get(name, "<absent>"), wanted["config"].get(name, "<absent>")
+        if a != b:
+            diffs.append(f"{name}: checkpoint {a!r}, now {b!r}")
+    if stored.get("n_inter") != wanted["n_inter"]:
+        diffs.append(f"interactions: checkpoint {stored.get('n_inter')}, now {wanted['n_inter']}")
+    if stored.get("semantic") != wanted["semantic"]:
+        diffs.append("semantics: another dataset file, semantic encoder or abstract setting")
+    return "; ".join(diffs) or "its key differs"
+
+
+def check_stage1_checkpoint(path: str, key: str, fields: dict, saved: bool) -> dict | None:
+    """The checkpoint's state when it can be reused, else None (train).
+
+    Raises:
+        CheckpointMismatchError: the file was trained for other data or settings and this run
+            would overwrite it (``saved``); the message names what differs and how to proceed.
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        state = load_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint of ours is rebuilt
+        logger.warning(f"stage 1: {path} cannot be read ({exc}); training again and overwriting it.")
+        return None
+    if state.get("key") == key:
+        return state
+    why = _key_differences(state.get("key_fields"), fields)
+    if not saved:
+        logger.warning(f"stage 1: {path} was trained with other settings ({why}); training in memory, file untouched.")
+        return None
+    raise CheckpointMismatchError(
+        f"The stage-1 checkpoint {path} was trained for other data or settings ({why}); refusing to overwrite it. "
+        f"Pass another --results_dir for this setting, or delete {path} to retrain here."
+    )
 
 
 def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
@@ -111,8 +198,20 @@ class ScalRecRun:
 
 def build_run(model: str | None = None, dataset: str | None = None, config_file_list: list[str] | None = None,
               config_dict: dict | None = None, saved: bool = True) -> ScalRecRun:
-    """Data, cloud semantics, stage 1 and stage 2 (no evaluation); see :func:`run_recbole_scalrec`."""
+    """Data, cloud semantics, stage 1 and stage 2 (no evaluation); see :func:`run_recbole_scalrec`.
+
+    In a process group (:mod:`recbole_scalrec.distributed`) every rank shares the semantic
+    precompute and stage 1; ranks other than 0 return None after stage 1.
+    """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    rank, world = distributed.rank_and_world()
+    if world > 1:  # RecBole's own distributed set-up is bypassed (see distributed.py)
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        config["local_rank"], config["single_spec"] = local_rank, False
+        if torch.distributed.get_backend() == "nccl":
+            config["device"] = torch.device("cuda", local_rank)
+        if rank != 0:
+            config["state"], config["show_progress"] = "error", False
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     timer = Timer()
@@ -121,14 +220,20 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
 
     # --- data -----------------------------------------------------------------------------
     with timer.stage("load"):
-        ensure_prepared(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
-        data = create_dataset(config)
+        if distributed.is_main():
+            ensure_prepared(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
+        distributed.barrier()
+        data = load_dataset(config)
         sequences = UserSequences.from_dataset(data)
+        n_users_raw = raw_user_count(config) if distributed.is_main() else None
         item_texts = load_item_texts(config, data)
         request_texts = load_request_texts(config, data, sequences.rows)
         builder = AbstractBuilder.from_config(config, sequences, item_texts, request_texts)
         prefixes = needed_prefixes(config, sequences)
     logger.info(f"{sequences.n_users} users, {len(sequences.items)} interactions; {len(prefixes['all'])} prefixes need semantics")
+    if n_users_raw is not None and n_users_raw > sequences.n_users:
+        logger.warning(f"{n_users_raw - sequences.n_users} of {n_users_raw} users of {config['dataset']}.inter were filtered "
+                       f"out (user_inter_num_interval {config['user_inter_num_interval']} and RecBole's other filters).")
 
     # --- cloud semantics h(t) = LLM(a(t)), cached on disk -----------------------------------
     with timer.stage("semantic_encode"):
@@ -137,26 +242,49 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                      "data_fingerprint": _fingerprint({"items": sequences.items.tolist()}),
                      "encoder": encoder.fingerprint, "abstract": builder.settings()}
         cache = SemanticCache(os.path.join(config["semantic_cache_dir"], config["dataset"]), cache_key)
-        h = cache.get_or_compute(prefixes["all"], builder.build, encoder, show_progress=True)
+        h = cache.get_or_compute(prefixes["all"], builder.build, encoder, chunk_size=config["semantic_chunk_size"] or 2048,
+                                 show_progress=distributed.is_main(), rank=rank, world_size=world,
+                                 barrier=distributed.barrier if world > 1 else None)
         semantic = PrefixTable(prefixes["all"], h)
+        lm_forward_calls = int(distributed.all_reduce_sum(encoder.forward_calls))
 
     # --- stage 1: fusion backbone on fresh semantics ---------------------------------------
+    init_seed(config["seed"], config["reproducibility"])  # the same initial weights whatever ran before
     backbone = get_model(config["model"])(config, data).to(device)
     fusion = FusionModel(backbone, encoder.dim, config["fusion_weight"], config["projection_hidden_size"],
                          config["projection_dropout"]).to(device)
-    key1 = _fingerprint(stage1_key(config, _fingerprint(cache_key), len(sequences.items)))
+    key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
+    key1 = _fingerprint(key_fields)
     ckpt = os.path.join(results_dir, "stage1.pth")
     stage1 = FusionTrainer(config, fusion, sequences, semantic)
     with timer.stage("stage1"):
-        if os.path.isfile(ckpt) and load_checkpoint(ckpt).get("key") == key1:
-            state = load_checkpoint(ckpt, map_location=device)
-            fusion.load_state_dict(state["state_dict"])
-            stage1_info = state["info"]
+        # only rank 0 reads and writes the checkpoint; the decision and the weights are broadcast
+        decision, state = None, None
+        if distributed.is_main():
+            try:
+                state = check_stage1_checkpoint(ckpt, key1, _plain_key(key_fields), saved)
+                decision = "reuse" if state is not None else "train"
+            except CheckpointMismatchError as exc:
+                if world == 1:
+                    raise
+                decision = str(exc)
+        decision = distributed.broadcast_object(decision)
+        if decision not in ("reuse", "train"):
+            raise CheckpointMismatchError(decision)
+        if decision == "reuse":
+            if state is not None:
+                fusion.load_state_dict(state["state_dict"])
+            distributed.broadcast_module(fusion)
+            stage1_info = dict(state["info"] if state is not None else {}, checkpoint="reused")
             logger.info(f"stage 1: reusing {ckpt} (same data, semantics and settings)")
         else:
-            stage1_info = stage1.fit(prefixes["train"], prefixes["valid"])
-            if saved:
-                save_checkpoint({"key": key1, "state_dict": fusion.state_dict(), "info": stage1_info}, ckpt)
+            distributed.broadcast_module(fusion)
+            stage1_info = dict(stage1.fit(prefixes["train"], prefixes["valid"]), checkpoint="trained")
+            if saved and distributed.is_main():
+                save_checkpoint({"key": key1, "key_fields": _plain_key(key_fields), "state_dict": fusion.state_dict(),
+                                 "info": {k: v for k, v in stage1_info.items() if k != "checkpoint"}}, ckpt)
+        if not distributed.is_main():
+            return None  # stage 2 and the evaluation run on rank 0
         full_ranking = stage1.evaluate(prefixes["test"])
     for p in fusion.parameters():
         p.requires_grad_(False)
@@ -177,8 +305,9 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             head = build_head(method, config, item_table.shape[1]).to(device)
             stage2_info[method] = trainer2.fit(head, method)
             heads[method] = head
-    info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None)}
-    return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, encoder.forward_calls, full_ranking, info)
+    info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None),
+            "n_users_raw": n_users_raw, "world_size": world}
+    return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, lm_forward_calls, full_ranking, info)
 
 
 def evaluate_run(run: ScalRecRun) -> list[dict]:
@@ -204,6 +333,10 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
                         config_dict: dict | None = None, saved: bool = True) -> dict[str, Any]:
     """Run stage 1, stage 2 and the staleness evaluation; returns the ``results.json`` dict.
 
+    With ``nproc > 1`` (or ``world_size > 1``) in the configuration, ``nproc`` processes are
+    spawned on this machine (:mod:`recbole_scalrec.distributed`) and rank 0's dict is returned
+    (None on a machine without rank 0).
+
     Args:
         model: the structure encoder (a RecBole or plug-in sequential model), default SASRec.
         dataset: a prepared dataset name, default ml-100k.
@@ -211,9 +344,24 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
         config_dict: overrides (highest priority).
         saved: write the results files and the stage-1 checkpoint.
     """
+    if not distributed.rank_and_world()[1] > 1:
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+        spec = distributed.spec_from_config(config)
+        if spec is not None:
+            # prepare the data once per machine before the ranks read it
+            ensure_prepared(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
+            return distributed.launch(_run_rank, (model, dataset, config_file_list, config_dict, saved), spec)
+    return _run_rank(model, dataset, config_file_list, config_dict, saved)
+
+
+def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str, Any] | None:
+    """One process's share of :func:`run_recbole_scalrec` (the whole run without a process group)."""
     run = build_run(model, dataset, config_file_list, config_dict, saved)
+    if run is None:  # a rank other than 0
+        return None
     rows = evaluate_run(run)
     config = run.config
+    n_raw = run.info.get("n_users_raw")
     summary = {
         "dataset": config["dataset"],
         "model": config["model"],
@@ -223,8 +371,10 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
         "timings_s": run.timer.seconds,
         "lm_forward_calls": run.lm_forward_calls,
         "n_users": run.sequences.n_users,
+        "n_users_filtered": None if n_raw is None else int(n_raw - run.sequences.n_users),
         "n_interactions": int(len(run.sequences.items)),
         "n_semantic_prefixes": int(len(run.prefixes["all"])),
+        "world_size": run.info.get("world_size", 1),
         "full_ranking": run.full_ranking,
         "stage1": {k: v for k, v in run.info["stage1"].items() if k != "history"},
         "stage2": {m: {k: v for k, v in i.items() if k != "history"} for m, i in run.info["stage2"].items()},
@@ -278,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     files = args.config_files.strip().split(" ") if args.config_files else None
     try:
         run_recbole_scalrec(model=args.model, dataset=args.dataset, config_file_list=files, config_dict=overrides)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
+        # bad inputs (data, configuration, checkpoints, NaN from the LM): one line, no traceback
         if os.environ.get("SCALREC_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

@@ -7,16 +7,48 @@ snapshot and request refers to prefixes by one integer.
 Leave-one-out in time order (METHOD.md Sec. 7): a user's last item is the test target,
 the second last the validation target, the rest are training targets (each with the
 prefix before it, which needs at least one item).
+
+Bad inputs, repaired and counted:
+
+* no timestamp column: each user's interactions keep the order of the ``.inter`` file (a
+  warning says so); the abstract then has no time words and the density cue no events per day.
+* users with fewer than :data:`MIN_USER_LENGTH` interactions have no validation and test
+  request; RecBole's ``user_inter_num_interval: "[3,inf)"`` removes them while loading, and any
+  that reach :meth:`UserSequences.from_dataset` anyway (a looser interval) are dropped there with
+  a warning (:attr:`UserSequences.n_short_dropped`). :func:`raw_user_count` counts the users of
+  the ``.inter`` file, so the pipeline reports how many were filtered.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+MIN_USER_LENGTH = 3  # one training-or-history item, the validation target and the test target
+
+
+def raw_user_count(config) -> int | None:
+    """Distinct users in the ``.inter`` file before RecBole's filters, or None when the file
+    (``<data_path>/<dataset>.inter``) or its user column cannot be found."""
+    import pandas as pd
+
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(path):
+        return None
+    sep = config["field_separator"] or "\t"
+    with open(path, encoding="utf-8") as f:
+        header = [h.split(":", 1)[0] for h in f.readline().rstrip("\r\n").split(sep)]
+    uid = config["USER_ID_FIELD"]
+    if uid not in header:
+        return None
+    column = pd.read_csv(path, sep=sep, usecols=[header.index(uid)], dtype=str, keep_default_na=False,
+                         quoting=3, engine="python" if len(sep) > 1 else "c").iloc[:, 0]
+    return int(column[column != ""].nunique())
 
 
 @dataclass
@@ -29,6 +61,7 @@ class UserSequences:
     offsets: np.ndarray  # int64 [n_users + 1]
     users: np.ndarray  # int64 [n_users] internal user ids
     n_items: int  # item table size including padding id 0
+    n_short_dropped: int = 0  # users dropped for having fewer than MIN_USER_LENGTH interactions
 
     @classmethod
     def from_dataset(cls, dataset) -> "UserSequences":
@@ -36,6 +69,7 @@ class UserSequences:
 
         Interactions are sorted by (user, timestamp) with a stable sort; without a
         timestamp column the order of the ``.inter`` file is kept (documented in README).
+        Users with fewer than ``MIN_USER_LENGTH`` interactions are dropped and counted.
         """
         feat = dataset.inter_feat
         uid = np.asarray(feat[dataset.uid_field]).astype(np.int64)
@@ -52,9 +86,18 @@ class UserSequences:
         if times is not None:
             times = times[order]
         users, counts = np.unique(uid, return_counts=True)
+        short = counts < MIN_USER_LENGTH
+        if short.any():
+            logger.warning(f"{int(short.sum())} user(s) have fewer than {MIN_USER_LENGTH} interactions (no validation "
+                           f"and test request) and are dropped; keep user_inter_num_interval: \"[3,inf)\".")
+            keep = ~short[np.searchsorted(users, uid)]
+            uid, iid, order = uid[keep], iid[keep], order[keep]
+            times = None if times is None else times[keep]
+            users, counts = users[~short], counts[~short]
         offsets = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        return cls(iid, times, order.astype(np.int64), offsets, users.astype(np.int64), dataset.item_num)
+        return cls(iid, times, order.astype(np.int64), offsets, users.astype(np.int64), dataset.item_num,
+                   int(short.sum()))
 
     # ----------------------------------------------------------------- layout helpers
     @property

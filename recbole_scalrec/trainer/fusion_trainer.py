@@ -3,6 +3,16 @@ fresh semantics with cross-entropy over all items (Eq. 4 logits).
 
 Batches are gathered straight from the per-user sequences as tensors (no RecBole
 ``Interaction`` objects); early stopping on validation full-ranking NDCG@10 of the fused model.
+
+Seeding: the batch order comes from ``numpy.random.default_rng(seed)``; dropout draws from
+torch's generator, seeded with ``seed + rank`` when :meth:`FusionTrainer.fit` starts.
+
+Several processes (``torch.distributed`` initialised, see :mod:`recbole_scalrec.distributed`):
+every rank draws the same global batches; rank ``r`` computes the loss of the global batch's
+samples ``r, r + w, ...``, scaled by the *global* batch size, and the gradients are summed over
+the ranks before each step, so every rank takes the step one process would take on the whole
+batch (up to float summation order and dropout masks). Validation runs on every rank; rank 0's
+score decides early stopping.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_scalrec.data.sequences import UserSequences
+from recbole_scalrec.distributed import all_reduce_grads, all_reduce_sum, broadcast_object, rank_and_world
 from recbole_scalrec.fusion import FusionModel
 from recbole_scalrec.protocol import full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.snapshot import PrefixTable
@@ -52,20 +63,28 @@ class FusionTrainer:
         return None if h is None else self.model.semantic(h)
 
     def train_epoch(self, train_ids: np.ndarray, generator: np.random.Generator) -> float:
+        """One pass over ``train_ids`` (this rank's share of each global batch); mean loss."""
         self.model.train()
+        rank, world = rank_and_world()
+        params = [p for p in self.model.parameters() if p.requires_grad]
         order = generator.permutation(len(train_ids))
         bs = self.config["train_batch_size"]
         total, n = 0.0, 0
         for lo in range(0, len(order), bs):
-            seq, length, h, target = self._batch(train_ids[order[lo : lo + bs]])
+            batch = order[lo : lo + bs]
+            mine, weight = batch[rank::world], 1.0
+            if len(mine) == 0:  # a last batch smaller than the world: a zero-weight sample keeps grads aligned
+                mine, weight = batch[:1], 0.0
+            seq, length, h, target = self._batch(train_ids[mine])
             logits = self.model.full_scores(self._structure(seq, length), self._z_sem(h))
-            loss = F.cross_entropy(logits, target)
+            loss_sum = F.cross_entropy(logits, target, reduction="sum") * weight
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss_sum / len(batch)).backward()
+            all_reduce_grads(params)
             self.optimizer.step()
-            total += loss.item() * len(target)
-            n += len(target)
-        return total / max(n, 1)
+            total += loss_sum.item()
+            n += len(batch)
+        return all_reduce_sum(total) / max(n, 1)
 
     @torch.no_grad()
     def evaluate(self, prefix_ids: np.ndarray) -> dict[str, dict[str, float]]:
@@ -83,13 +102,15 @@ class FusionTrainer:
     def fit(self, train_ids: np.ndarray, valid_ids: np.ndarray) -> dict:
         """Train with early stopping on valid fused NDCG@10; the best weights are restored."""
         generator = np.random.default_rng(self.config["seed"])
+        rank, _ = rank_and_world()
+        torch.manual_seed(self.config["seed"] + rank)  # dropout masks
         best, best_state, bad = -1.0, None, 0
         for epoch in range(self.config["epochs"]):
             start = time.perf_counter()
             loss = self.train_epoch(train_ids, generator)
             train_s = time.perf_counter() - start
             valid = self.evaluate(valid_ids)
-            score = valid["fused" if "fused" in valid else "structure_only"]["ndcg@10"]
+            score = broadcast_object(valid["fused" if "fused" in valid else "structure_only"]["ndcg@10"])
             self.history.append({"epoch": epoch, "loss": loss, "train_s": train_s, "valid_ndcg@10": score})
             logger.info(f"stage 1 epoch {epoch}: loss {loss:.4f} ({train_s:.1f}s), valid NDCG@10 {score:.4f}, "
                         f"structure channel {valid['structure_only']['ndcg@10']:.4f}")
