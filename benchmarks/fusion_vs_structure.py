@@ -12,11 +12,10 @@ ranking (all items) on each user's test request. Last line: one JSON object with
 import argparse
 import json
 
-from recbole.data import create_dataset
 from recbole.utils import init_seed
 
 from recbole_scalrec.fusion import FusionModel
-from recbole_scalrec.quick_start import build_run
+from recbole_scalrec.quick_start import build_run, load_dataset
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
 from recbole_scalrec.utils import get_model
 
@@ -34,7 +33,7 @@ def main() -> None:
 
     config = run.config
     init_seed(config["seed"], config["reproducibility"])
-    backbone = get_model(config["model"])(config, create_dataset(config)).to(config["device"])
+    backbone = get_model(config["model"])(config, load_dataset(config)).to(config["device"])
     structure = FusionModel(backbone, lm_dim=1).to(config["device"])
     trainer = FusionTrainer(config, structure, run.sequences, semantic=None)
     info = trainer.fit(run.prefixes["train"], run.prefixes["valid"])

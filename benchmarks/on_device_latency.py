@@ -22,13 +22,13 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 torch.set_num_threads(1)
 threadpool_limits(1)  # numpy's BLAS: one thread, as on a phone core
 
-from recbole.data import create_dataset  # noqa: E402
 
 from recbole_scalrec.config import Config  # noqa: E402
 from recbole_scalrec.cues import CUE_NAMES  # noqa: E402
 from recbole_scalrec.data.sequences import UserSequences  # noqa: E402
 from recbole_scalrec.methods import build_head  # noqa: E402
 from recbole_scalrec.on_device import OnDeviceReranker  # noqa: E402
+from recbole_scalrec.quick_start import load_dataset  # noqa: E402
 from recbole_scalrec.utils import get_model  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2000)
     args = parser.parse_args()
     config = Config(model=args.model, dataset=args.dataset, config_dict={"state": "WARNING"})
-    data = create_dataset(config)
+    data = load_dataset(config)
     seqs = UserSequences.from_dataset(data)
     backbone = get_model(args.model)(config, data).eval()
     dim = backbone.item_embedding.embedding_dim

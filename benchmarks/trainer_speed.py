@@ -2,7 +2,8 @@
 
     python benchmarks/trainer_speed.py [--model SASRec] [--dataset ml-100k] [--epochs 3] [--no-compile]
 
-RecBole: ``data_preparation`` + ``Trainer.fit`` (its per-batch ``Interaction`` pipeline; our
+RecBole: ``create_dataset`` + ``data_preparation`` + ``Trainer.fit`` (in a fresh temporary
+checkpoint folder, so no saved dataset is unpickled) (its per-batch ``Interaction`` pipeline; our
 subclass only changes how checkpoints are written). Ours: :class:`FusionTrainer` in structure-only
 mode, batches gathered straight from the per-user sequences as tensors, optionally
 ``torch.compile``d. Both train the same model class from the same seed on the same training
@@ -25,6 +26,7 @@ from recbole.utils import init_seed
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.sequences import UserSequences
 from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.quick_start import load_dataset
 from recbole_scalrec.trainer import Trainer
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
 from recbole_scalrec.utils import get_model
@@ -57,7 +59,7 @@ def run_recbole(args, workdir: str) -> dict:
 def run_ours(args, workdir: str) -> dict:
     config = make_config(args, workdir)
     init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
+    data = load_dataset(config)
     sequences = UserSequences.from_dataset(data)
     init_seed(config["seed"], config["reproducibility"])
     model = FusionModel(get_model(args.model)(config, data), lm_dim=1).to(config["device"])
