@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 
@@ -60,3 +61,21 @@ def tiny_config_dict(root: str, **extra) -> dict:
     }
     cfg.update(extra)
     return cfg
+
+
+def write_tiny_lm(folder: str) -> str:
+    """A 1-layer, 16-wide BERT with random (seeded) weights and MiniLM's tokenizer: a fast local
+    language model for runs whose assertions do not depend on the semantics' quality."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from recbole_scalrec.semantic_encoder import default_model_path
+
+    os.makedirs(folder, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(default_model_path() / name, os.path.join(folder, name))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import tiny_config_dict, write_synthetic_dataset
+from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_NAMES = ["fresh_fusion", "cached_fusion", "structure_only", "semantic_only", "learned_gate", "dynamic_fusion",
@@ -75,8 +75,8 @@ def test_zero_gap_gives_reliability_near_one_and_small_correction(tmp_path):
     from recbole_scalrec.quick_start import build_run
 
     write_synthetic_dataset(str(tmp_path / "data"), "tiny")
-    cfg = tiny_config_dict(str(tmp_path / "data"), results_dir=str(tmp_path / "out"),
-                           semantic_cache_dir=str(tmp_path / "cache"), stage2_epochs=15, stage2_stopping_step=15,
+    cfg = tiny_config_dict(str(tmp_path / "data"), results_dir=str(tmp_path / "out"), lm_path=write_tiny_lm(str(tmp_path / "lm")),
+                           lm_max_length=32, semantic_cache_dir=str(tmp_path / "cache"), stage2_epochs=15, stage2_stopping_step=15,
                            stage2_learning_rate=0.01, stage2_methods=["scalrec"])
     run = build_run(model="SASRec", dataset="tiny", config_dict=cfg)
     head = run.heads["scalrec"]
@@ -96,6 +96,7 @@ def test_cli_one_epoch_on_tiny_data(tmp_path):
     args = [sys.executable, os.path.join(REPO, "run_recbole_scalrec.py"), "--model=GRU4Rec", "--dataset=tiny",
             f"--data_path={tmp_path / 'data'}", "--epochs=1", "--stage2_epochs=1", "--item_text_fields=['title', 'genre']",
             f"--results_dir={tmp_path / 'out'}", f"--semantic_cache_dir={tmp_path / 'cache'}", "--MAX_ITEM_LIST_LENGTH=10",
+            f"--lm_path={write_tiny_lm(str(tmp_path / 'lm'))}", "--lm_max_length=32",
             "--candidate_size=10", "--stage2_methods=['scalrec']", "--embedding_size=16", "--hidden_size=16",
             "--state=WARNING"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -126,7 +127,7 @@ def test_full_pipeline_with_surge_backbone(tmp_path):
 
     write_synthetic_dataset(str(tmp_path / "data"), "tiny")
     cfg = tiny_config_dict(str(tmp_path / "data"), results_dir=str(tmp_path / "out"), semantic_cache_dir=str(tmp_path / "cache"),
-                           epochs=1, stage2_epochs=1, stage2_methods=["scalrec"], embedding_size=16, hidden_size=16,
+                           lm_path=write_tiny_lm(str(tmp_path / "lm")), lm_max_length=32, epochs=1, stage2_epochs=1, stage2_methods=["scalrec"], embedding_size=16, hidden_size=16,
                            pool_length=5)
     result = run_recbole_scalrec(model="SURGE", dataset="tiny", config_dict=cfg)
     assert result["model"] == "SURGE"

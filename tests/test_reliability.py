@@ -12,26 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import tiny_config_dict, write_synthetic_dataset
+from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def write_tiny_lm(folder: str) -> str:
-    """A 1-layer, 16-wide BERT with random (seeded) weights and MiniLM's tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    from recbole_scalrec.semantic_encoder import default_model_path
-
-    os.makedirs(folder, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(default_model_path() / name, os.path.join(folder, name))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 def small_config(root, out, cache, **extra) -> dict:
