@@ -12,15 +12,18 @@ are used. Last line: one JSON object (``overhead_us_p50`` target <= 100,
 """
 import argparse
 import json
+import os
 import time
 
-import numpy as np
-import torch
+# One thread everywhere, as on one phone core: BLAS must be told before numpy loads it (a
+# multi-threaded OpenBLAS spends more on waking threads than a 100 x 64 product costs).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
-from threadpoolctl import threadpool_limits  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
-threadpool_limits(1)  # numpy's BLAS: one thread, as on a phone core
 
 
 from recbole_scalrec.config import Config  # noqa: E402

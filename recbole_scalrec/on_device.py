@@ -3,7 +3,9 @@
 At serving time one request arrives at a time (batch 1); PyTorch's per-op dispatch costs
 more than the arithmetic there, so the trained estimator and calibrator weights are copied
 into numpy and the cues (Eq. 10), reliability (Eq. 11), bounded correction (Eqs. 12-14)
-and the Eq. 4 rerank of the candidate set run as a handful of small vector operations.
+and the Eq. 4 rerank of the candidate set run as a handful of small vector operations. Run it
+with single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``): at these sizes waking BLAS threads costs
+more than the products.
 :meth:`OnDeviceReranker.scores` matches :func:`recbole_scalrec.methods.method_scores`.
 """
 from __future__ import annotations
