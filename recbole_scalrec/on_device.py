@@ -24,6 +24,17 @@ def _mlp_layers(seq: torch.nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]
     return [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
 
 
+def _fold_scaler(layers, mean: np.ndarray, inv_std: np.ndarray, start: int):
+    """Fold the cue standardisation ``(c - mean) * inv_std`` into the first layer's rows
+    ``start:`` (those that read the cues), so the raw cues go straight in."""
+    (w1, b1), rest = layers[0], layers[1:]
+    w1 = w1.copy()
+    rows = w1[start : start + len(mean)]
+    b1 = b1 - (mean * inv_std) @ rows
+    w1[start : start + len(mean)] = rows * inv_std[:, None]
+    return [(w1, b1)] + rest
+
+
 def _mlp(x: np.ndarray, layers) -> np.ndarray:
     (w1, b1), (w2, b2) = layers
     return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
@@ -35,11 +46,12 @@ class OnDeviceReranker:
     def __init__(self, head: SCaLRecHead, item_table: torch.Tensor, top_m: int = 20) -> None:
         self.items = item_table.detach().cpu().numpy().astype(np.float32)
         self.top_m = top_m
-        self.mean = head.scaler.mean.cpu().numpy().astype(np.float32)
-        self.inv_std = (head.cue_mask / head.scaler.std).cpu().numpy().astype(np.float32)
-        self.estimator = _mlp_layers(head.estimator.net) if head.estimator is not None else None
-        self.calibrator = _mlp_layers(head.calibrator.net)
+        mean = head.scaler.mean.cpu().numpy().astype(np.float32)
+        inv_std = (head.cue_mask / head.scaler.std).cpu().numpy().astype(np.float32)
         self.use_cues = head.calibrator.use_cues
+        self.estimator = _fold_scaler(_mlp_layers(head.estimator.net), mean, inv_std, 0) if head.estimator is not None else None
+        cal = _mlp_layers(head.calibrator.net)
+        self.calibrator = _fold_scaler(cal, mean, inv_std, cal[0][0].shape[0] - len(mean)) if self.use_cues else cal
         self.radius = head.radius
         self.weight = head.fusion_weight
 
@@ -70,7 +82,7 @@ class OnDeviceReranker:
     def scores(self, candidates: np.ndarray, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> np.ndarray:
         """Eq. 4 scores of ``candidates`` with the calibrated semantics ``z_sem_hat + delta``."""
         vectors = self.items[candidates]
-        c = (self.cues(vectors, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) - self.mean) * self.inv_std
+        c = self.cues(vectors, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day)  # scaling folded in
         kappa = 1.0 - 1.0 / (1.0 + math.exp(-float(_mlp(c, self.estimator)[0]))) if self.estimator is not None else 1.0
         x = np.concatenate((z_sem_snap, z_str, c)) if self.use_cues else np.concatenate((z_sem_snap, z_str))
         u = _mlp(x, self.calibrator)
