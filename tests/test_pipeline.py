@@ -147,5 +147,7 @@ def test_report_aggregates_a_run(tiny_run):
     r = runs[("tiny", "SASRec")]
     f, c, s = (next(x["metrics"]["ndcg@10"] for x in r[0]["results"] if (x["split"], x["setting"], x["gap"], x["method"])
                     == ("test", "S2", 10, m)) for m in ("fresh_fusion", "cached_fusion", "scalrec"))
-    if abs(f - c) > 1e-12:
+    if abs(f - c) > 0.01 * abs(f):
         assert recovery(r, "S2", 10) == pytest.approx((s - c) / (f - c))
+    else:  # staleness cost (almost) nothing: the ratio is undefined
+        assert np.isnan(recovery(r, "S2", 10))
