@@ -45,7 +45,7 @@ class FusionTrainer:
         self.model = model
         self.sequences = sequences
         self.semantic = semantic
-        self.device = torch.device(config["device"] if torch.cuda.is_available() or config["device"] == "cpu" else "cpu")
+        self.device = torch.device(config["device"])  # RecBole resolved it (a GPU only when one is visible)
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"] or 0.0)
         # torch.compile wraps the backbone's forward only; parameters and state_dict keys stay the model's.
