@@ -17,6 +17,15 @@ from recbole_scalrec.data.sequences import UserSequences
 from recbole_scalrec.fusion import FusionModel, retrieve_candidates
 
 
+def lookup_rows(sorted_ids: np.ndarray, prefix_ids, what: str) -> torch.Tensor:
+    """Rows of ``prefix_ids`` in ``sorted_ids``; a prefix that is not there is a pipeline bug."""
+    prefix_ids = np.asarray(prefix_ids, dtype=np.int64)
+    rows = np.searchsorted(sorted_ids, prefix_ids)
+    if len(prefix_ids) and (rows.max() >= len(sorted_ids) or not np.array_equal(sorted_ids[rows], prefix_ids)):
+        raise KeyError(f"Prefixes without {what}; the pipeline must list them in needed_prefixes().")
+    return torch.as_tensor(rows, dtype=torch.long)
+
+
 @dataclass
 class PrefixStates:
     """Frozen per-prefix outputs, rows in the order of the sorted unique :attr:`ids`."""
@@ -30,10 +39,7 @@ class PrefixStates:
     per_day: torch.Tensor  # [P] events per day over that window (0 without real time)
 
     def rows(self, prefix_ids: np.ndarray) -> torch.Tensor:
-        rows = np.searchsorted(self.ids, prefix_ids)
-        if len(prefix_ids) and (rows.max() >= len(self.ids) or not np.array_equal(self.ids[rows], prefix_ids)):
-            raise KeyError("Prefixes requested that were not precomputed; the pipeline must list them in needed_prefixes().")
-        return torch.as_tensor(rows, dtype=torch.long)
+        return lookup_rows(self.ids, prefix_ids, "precomputed states")
 
     @classmethod
     @torch.no_grad()
@@ -105,11 +111,6 @@ class StaleRequests:
         return len(self.prefix_ids)
 
 
-def snapshot_prefixes(sequences: UserSequences, prefix_ids: np.ndarray, gaps) -> tuple[np.ndarray, np.ndarray]:
-    """Snapshot prefix ids ``t0 = max(1, t - gap)`` and which requests were clamped."""
-    return sequences.shift_prefix(np.asarray(prefix_ids, dtype=np.int64), gaps)
-
-
 def refresh_gaps(sequences: UserSequences, prefix_ids: np.ndarray, interval: int) -> np.ndarray:
     """Intermittent cloud (METHOD.md Sec. 2): refreshes at t = 1, 1 + k, 1 + 2k, ...; a
     request at t uses the last refresh at or before t, i.e. gap ``(t - 1) mod k``."""
@@ -126,7 +127,7 @@ def stale_requests(
     """Pair requests at ``prefix_ids`` with their snapshots; ``s2`` picks S2 (stale candidates)
     per request, else S1 (fresh candidates)."""
     prefix_ids = np.asarray(prefix_ids, dtype=np.int64)
-    snap_ids, clamped = snapshot_prefixes(sequences, prefix_ids, gaps)
+    snap_ids, clamped = sequences.shift_prefix(prefix_ids, gaps)
     now = states.rows(prefix_ids)
     then = states.rows(snap_ids)
     s2 = torch.as_tensor(np.broadcast_to(np.asarray(s2, dtype=bool), prefix_ids.shape).copy())
@@ -156,8 +157,4 @@ class PrefixTable:
         self.values = torch.as_tensor(np.asarray(values)[order])
 
     def __call__(self, prefix_ids: np.ndarray | torch.Tensor) -> torch.Tensor:
-        prefix_ids = np.asarray(prefix_ids, dtype=np.int64)
-        rows = np.searchsorted(self.ids, prefix_ids)
-        if len(prefix_ids) and (rows.max() >= len(self.ids) or not np.array_equal(self.ids[rows], prefix_ids)):
-            raise KeyError("Prefix without a semantic embedding; it must be listed among the needed prefixes.")
-        return self.values[torch.as_tensor(rows)]
+        return self.values[lookup_rows(self.ids, prefix_ids, "semantic embeddings")]

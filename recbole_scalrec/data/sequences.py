@@ -156,9 +156,7 @@ class UserSequences:
         """RecBole-style ``(item_seq [B, max_len], item_seq_len [B])``: the last ``max_len``
         items of each prefix, left-aligned, zero-padded at the end."""
         items = self._items_tensor()
-        starts = torch.as_tensor(self.offsets, dtype=torch.long)[
-            torch.searchsorted(torch.as_tensor(self.offsets), prefix_ids, right=True) - 1
-        ]
+        starts = torch.as_tensor(self.offsets[self.user_of(prefix_ids.numpy())], dtype=torch.long)
         length = torch.clamp(prefix_ids - starts + 1, max=max_len)
         first = prefix_ids - length + 1
         pos = torch.arange(max_len, dtype=torch.long)
