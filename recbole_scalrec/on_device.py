@@ -1,12 +1,20 @@
-"""The device's per-request SCaLRec path, exported from a trained head to plain numpy.
+"""The device's per-request SCaLRec path, exported from a trained head to one compiled kernel.
 
-At serving time one request arrives at a time (batch 1); PyTorch's per-op dispatch costs
-more than the arithmetic there, so the trained estimator and calibrator weights are copied
-into numpy and the cues (Eq. 10), reliability (Eq. 11), bounded correction (Eqs. 12-14)
-and the Eq. 4 rerank of the candidate set run as a handful of small vector operations. Run it
-with single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``): at these sizes waking BLAS threads costs
-more than the products.
-:meth:`OnDeviceReranker.scores` matches :func:`recbole_scalrec.methods.method_scores`.
+At serving time one request arrives at a time (batch 1). At that size PyTorch's (and even
+numpy's) per-operation dispatch costs far more than the arithmetic — a request is ~30k
+multiply-adds — so the trained estimator and calibrator weights are copied out once and the
+whole request runs as one ``numba``-compiled function without temporaries:
+
+* the cues (Eq. 10, same columns as :func:`recbole_scalrec.cues.compute_cues`, Spearman with
+  average ranks for ties over the top-M candidates under the semantic score),
+* the reliability ``r`` and correction budget ``kappa = 1 - r`` (Eq. 11),
+* the proposal ``u`` and the bounded correction (Eqs. 12-14),
+* the Eq. 4 score of each candidate with the calibrated semantics and the top-``k`` rerank.
+
+The cue standardisation (``CueScaler``) is folded into the first layer of both MLPs, so raw cues
+go straight in. :meth:`OnDeviceReranker.scores` matches :func:`recbole_scalrec.methods.method_scores`
+for ``scalrec`` heads (tested). Compiled code is cached on disk (``numba`` ``cache=True``), so only
+the first process ever compiles (about 2 s).
 """
 from __future__ import annotations
 
@@ -14,84 +22,256 @@ import math
 
 import numpy as np
 import torch
+from numba import njit
 
-from recbole_scalrec.cues import SPEARMAN_EPS
+from recbole_scalrec.cues import CUE_NAMES, SPEARMAN_EPS
 from recbole_scalrec.methods import SCaLRecHead
+
+_N_CUES = len(CUE_NAMES)
+# Sums may be reassociated (and multiply-adds fused) so the dot products vectorise; nothing else
+# of fast-math (no NaN/inf assumptions).
+_FAST = {"reassoc", "contract"}
 
 
 def _mlp_layers(seq: torch.nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(weight [out, in], bias [out])`` of each Linear, float32, PyTorch layout (rows are dot products)."""
     linears = [m for m in seq if isinstance(m, torch.nn.Linear)]
-    return [(m.weight.detach().cpu().numpy().T.copy(), m.bias.detach().cpu().numpy().copy()) for m in linears]
+    return [
+        (m.weight.detach().cpu().numpy().astype(np.float32).copy(), m.bias.detach().cpu().numpy().astype(np.float32).copy())
+        for m in linears
+    ]
 
 
 def _fold_scaler(layers, mean: np.ndarray, inv_std: np.ndarray, start: int):
-    """Fold the cue standardisation ``(c - mean) * inv_std`` into the first layer's rows
-    ``start:`` (those that read the cues), so the raw cues go straight in."""
+    """Fold the cue standardisation ``(c - mean) * inv_std`` into the first layer's input
+    columns ``start:`` (those that read the cues), so the raw cues go straight in."""
     (w1, b1), rest = layers[0], layers[1:]
+    cols = slice(start, start + len(mean))
     w1 = w1.copy()
-    rows = w1[start : start + len(mean)]
-    b1 = b1 - (mean * inv_std) @ rows
-    w1[start : start + len(mean)] = rows * inv_std[:, None]
+    b1 = (b1 - w1[:, cols] @ (mean * inv_std)).astype(np.float32)
+    w1[:, cols] = w1[:, cols] * inv_std[None, :]
     return [(w1, b1)] + rest
 
 
-def _mlp(x: np.ndarray, layers) -> np.ndarray:
-    (w1, b1), (w2, b2) = layers
-    return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+@njit(cache=True)
+def _average_ranks(x):  # pragma: no cover - compiled
+    """1-based ranks with ties sharing their average (M is small: pairwise counts)."""
+    m = x.shape[0]
+    out = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        less = 0
+        equal = 0
+        for j in range(m):
+            if x[j] < x[i]:
+                less += 1
+            elif x[j] == x[i]:
+                equal += 1
+        out[i] = less + (equal + 1) / 2.0
+    return out
+
+
+@njit(cache=True, fastmath=_FAST)
+def _request_cues(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m, sem, out):  # pragma: no cover
+    """Eq. 10 into ``out`` (raw, unscaled); ``sem`` receives the candidates' semantic scores."""
+    n, d = cands.shape[0], z_str.shape[0]
+    dd = 0.0
+    ss = 0.0
+    pp = 0.0
+    sp = 0.0
+    for j in range(d):
+        a = np.float64(z_str[j])
+        b = np.float64(z_snap[j])
+        dd += (a - b) * (a - b)
+        ss += a * a
+        pp += b * b
+        sp += a * b
+    for i in range(n):
+        row = items[cands[i]]
+        acc = 0.0
+        for j in range(d):
+            acc += row[j] * z_sem[j]
+        sem[i] = acc
+    m = min(top_m, n)
+    top = np.argsort(-sem, kind="mergesort")[:m]
+    sem_top = np.empty(m, dtype=np.float64)
+    str_top = np.empty(m, dtype=np.float64)
+    for t in range(m):
+        row = items[cands[top[t]]]
+        acc = 0.0
+        for j in range(d):
+            acc += row[j] * z_str[j]
+        sem_top[t] = sem[top[t]]
+        str_top[t] = np.float32(acc)
+    rx = _average_ranks(sem_top)
+    ry = _average_ranks(str_top)
+    mx = rx.mean()
+    my = ry.mean()
+    cov = 0.0
+    vx = 0.0
+    vy = 0.0
+    for t in range(m):
+        cov += (rx[t] - mx) * (ry[t] - my)
+        vx += (rx[t] - mx) * (rx[t] - mx)
+        vy += (ry[t] - my) * (ry[t] - my)
+    denom = math.sqrt(vx * vy)
+    out[0] = math.log1p(gap)
+    out[1] = math.sqrt(dd)
+    out[2] = sp / max(math.sqrt(ss * pp), 1e-8)
+    out[3] = cov / denom if denom > SPEARMAN_EPS else 0.0
+    out[4] = math.log1p(length)
+    out[5] = density
+    out[6] = math.log1p(per_day)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _dense(x, w, b, relu):  # pragma: no cover - compiled
+    """``act(w @ x + b)`` with ``w`` in PyTorch layout ``[out, in]``."""
+    out = np.empty(w.shape[0], dtype=np.float32)
+    for o in range(w.shape[0]):
+        acc = np.float32(b[o])
+        row = w[o]
+        for i in range(w.shape[1]):
+            acc += row[i] * x[i]
+        out[o] = max(acc, np.float32(0.0)) if relu else acc
+    return out
+
+
+def _pack(est, cal) -> tuple[np.ndarray, np.ndarray]:
+    """All weights in one contiguous float32 buffer (one argument, one stream of reads) and the
+    layout ``[est_hidden, cal_in, cal_hidden]`` to slice it."""
+    (ew1, eb1), (ew2, eb2) = est
+    (cw1, cb1), (cw2, cb2) = cal
+    flat = np.concatenate([a.ravel() for a in (ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2)]).astype(np.float32)
+    return flat, np.array([ew1.shape[0], cw1.shape[1], cw1.shape[0]], dtype=np.int64)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _unpack(params, layout, n_cues, d):  # pragma: no cover - compiled
+    eh, cin, ch = layout[0], layout[1], layout[2]
+    o = 0
+    ew1 = params[o:o + eh * n_cues].reshape((eh, n_cues))
+    o += eh * n_cues
+    eb1 = params[o:o + eh]
+    o += eh
+    ew2 = params[o:o + eh].reshape((1, eh))
+    o += eh
+    eb2 = params[o:o + 1]
+    o += 1
+    cw1 = params[o:o + ch * cin].reshape((ch, cin))
+    o += ch * cin
+    cb1 = params[o:o + ch]
+    o += ch
+    cw2 = params[o:o + d * ch].reshape((d, ch))
+    o += d * ch
+    cb2 = params[o:o + d]
+    return ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2
+
+
+@njit(cache=True, fastmath=_FAST)
+def _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
+                    params, layout, use_estimator, use_cues, radius, weight):  # pragma: no cover - compiled
+    """Eq. 4 scores of the candidates with ``z_sem_hat + delta`` (Eqs. 10-14), one request."""
+    n, d = cands.shape[0], z_str.shape[0]
+    est_w1, est_b1, est_w2, est_b2, cal_w1, cal_b1, cal_w2, cal_b2 = _unpack(params, layout, _N_CUES, d)
+    sem = np.empty(n, dtype=np.float32)
+    cues = np.empty(_N_CUES, dtype=np.float32)
+    _request_cues(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m, sem, cues)
+    kappa = 1.0
+    if use_estimator:  # kappa = 1 - r, r = sigmoid(MLP_phi(c)) (Eq. 11)
+        logit = _dense(_dense(cues, est_w1, est_b1, True), est_w2, est_b2, False)[0]
+        kappa = 1.0 - 1.0 / (1.0 + math.exp(-logit))
+    x = np.empty(cal_w1.shape[1], dtype=np.float32)  # [z_sem_hat; z_str(t); c] (Eq. 12)
+    x[:d] = z_sem
+    x[d:2 * d] = z_str
+    if use_cues:
+        x[2 * d:] = cues
+    u = _dense(_dense(x, cal_w1, cal_b1, True), cal_w2, cal_b2, False)
+    uu = 0.0
+    zz = 0.0
+    for j in range(d):
+        uu += u[j] * u[j]
+        zz += z_sem[j] * z_sem[j]
+    scale = radius * math.sqrt(zz) * kappa / max(math.sqrt(uu) + 1e-8, 1.0)  # Eq. 13
+    mixed = np.empty(d, dtype=np.float32)
+    for j in range(d):  # Eq. 4 with z_sem_hat + delta (Eq. 14)
+        mixed[j] = weight * (z_sem[j] + scale * u[j]) + (1.0 - weight) * z_str[j]
+    scores = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        row = items[cands[i]]
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += row[j] * mixed[j]
+        scores[i] = acc
+    return scores
+
+
+@njit(cache=True, fastmath=_FAST)
+def _scalrec_rerank(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
+                    params, layout, use_estimator, use_cues, radius, weight, k):  # pragma: no cover - compiled
+    """Top-``k`` candidate ids, best first: scores and sort in one call (one dispatch per request)."""
+    scores = _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
+                             params, layout, use_estimator, use_cues, radius, weight)
+    order = np.argsort(-scores, kind="mergesort")[: min(k, scores.shape[0])]
+    return cands[order]
+
+
+def _f32(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _i64(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.dtype == np.int64 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.int64)
 
 
 class OnDeviceReranker:
-    """SCaLRec's device-side computation for one request, in numpy (float32)."""
+    """SCaLRec's device-side computation for one request (float32, one compiled kernel)."""
 
     def __init__(self, head: SCaLRecHead, item_table: torch.Tensor, top_m: int = 20) -> None:
-        self.items = item_table.detach().cpu().numpy().astype(np.float32)
-        self.top_m = top_m
+        self.items = np.ascontiguousarray(item_table.detach().cpu().numpy(), dtype=np.float32)
+        self.top_m = int(top_m)
         mean = head.scaler.mean.cpu().numpy().astype(np.float32)
         inv_std = (head.cue_mask / head.scaler.std).cpu().numpy().astype(np.float32)
-        self.use_cues = head.calibrator.use_cues
-        self.estimator = _fold_scaler(_mlp_layers(head.estimator.net), mean, inv_std, 0) if head.estimator is not None else None
+        self.use_cues = bool(head.calibrator.use_cues)
+        self.use_estimator = head.estimator is not None
+        if self.use_estimator:
+            est = _fold_scaler(_mlp_layers(head.estimator.net), mean, inv_std, 0)
+        else:  # unused placeholder of the right shapes
+            est = [(np.zeros((1, _N_CUES), np.float32), np.zeros(1, np.float32)), (np.zeros((1, 1), np.float32), np.zeros(1, np.float32))]
         cal = _mlp_layers(head.calibrator.net)
-        self.calibrator = _fold_scaler(cal, mean, inv_std, cal[0][0].shape[0] - len(mean)) if self.use_cues else cal
-        self.radius = head.radius
-        self.weight = head.fusion_weight
+        if self.use_cues:
+            cal = _fold_scaler(cal, mean, inv_std, cal[0][0].shape[1] - len(mean))
+        self.estimator = est if self.use_estimator else None
+        self.calibrator = cal
+        self.params, self.layout = _pack(est, cal)
+        self.radius = float(head.radius)
+        self.weight = float(head.fusion_weight)
 
     def parameter_count(self) -> int:
         layers = (self.estimator or []) + self.calibrator
         return int(sum(w.size + b.size for w, b in layers))
 
-    def cues(self, vectors: np.ndarray, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> np.ndarray:
-        """Eq. 10 for one request (same columns as :func:`recbole_scalrec.cues.compute_cues`)."""
-        diff = z_str - z_str_snap
-        drift = math.sqrt(float(diff @ diff))
-        norms = math.sqrt(float(z_str @ z_str) * float(z_str_snap @ z_str_snap))
-        cos = float(z_str @ z_str_snap) / max(norms, 1e-8)
-        both = vectors @ np.stack((z_sem_snap, z_str), axis=1)  # [N, 2]: semantic, structure scores
-        m = min(self.top_m, len(both))
-        sub = both[np.argpartition(-both[:, 0], m - 1)[:m]] if m < len(both) else both
-        # average ranks of both columns at once (M is small: pairwise counts beat sorting here)
-        less = (sub[None, :, :] < sub[:, None, :]).sum(1)
-        ties = (sub[None, :, :] == sub[:, None, :]).sum(1)
-        ranks = less + (ties + 1) / 2.0
-        ranks -= ranks.mean(0)
-        cov = float(ranks[:, 0] @ ranks[:, 1])
-        denom = math.sqrt(float(ranks[:, 0] @ ranks[:, 0]) * float(ranks[:, 1] @ ranks[:, 1]))
-        rho = cov / denom if denom > SPEARMAN_EPS else 0.0
-        return np.array([math.log1p(gap), drift, cos, rho, math.log1p(length), density, math.log1p(per_day)],
-                        dtype=np.float32)
+    def cues(self, candidates: np.ndarray, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> np.ndarray:
+        """Raw Eq. 10 cue vector of one request (columns of :data:`recbole_scalrec.cues.CUE_NAMES`)."""
+        cands = _i64(candidates)
+        out = np.empty(_N_CUES, dtype=np.float32)
+        _request_cues(self.items, cands, _f32(z_str), _f32(z_str_snap), _f32(z_sem_snap), float(gap), float(length),
+                      float(density), float(per_day), self.top_m, np.empty(len(cands), np.float32), out)
+        return out
 
-    def scores(self, candidates: np.ndarray, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> np.ndarray:
-        """Eq. 4 scores of ``candidates`` with the calibrated semantics ``z_sem_hat + delta``."""
-        vectors = self.items[candidates]
-        c = self.cues(vectors, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day)  # scaling folded in
-        kappa = 1.0 - 1.0 / (1.0 + math.exp(-float(_mlp(c, self.estimator)[0]))) if self.estimator is not None else 1.0
-        x = np.concatenate((z_sem_snap, z_str, c)) if self.use_cues else np.concatenate((z_sem_snap, z_str))
-        u = _mlp(x, self.calibrator)
-        scale = self.radius * math.sqrt(float(z_sem_snap @ z_sem_snap)) * kappa / max(math.sqrt(float(u @ u)) + 1e-8, 1.0)
-        mixed = self.weight * (z_sem_snap + scale * u) + (1.0 - self.weight) * z_str
-        return vectors @ mixed
+    def _args(self, candidates, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> tuple:
+        return (self.items, _i64(candidates), _f32(z_str), _f32(z_str_snap), _f32(z_sem_snap), float(gap), float(length),
+                float(density), float(per_day), self.top_m, self.params, self.layout, self.use_estimator,
+                self.use_cues, self.radius, self.weight)
+
+    def scores(self, candidates: np.ndarray, **request) -> np.ndarray:
+        """Eq. 4 scores of ``candidates`` with the calibrated semantics ``z_sem_hat + delta``.
+
+        ``request``: ``z_str``, ``z_str_snap``, ``z_sem_snap`` (float32 ``[d]``), ``gap``, ``length``,
+        ``density``, ``per_day`` (numbers), as in :class:`recbole_scalrec.snapshot.StaleRequests`."""
+        return _scalrec_scores(*self._args(candidates, **request))
 
     def rerank(self, candidates: np.ndarray, k: int = 10, **request) -> np.ndarray:
-        """Top-``k`` candidate item ids for one request."""
-        s = self.scores(candidates, **request)
-        top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-        return candidates[top[np.argsort(-s[top])]]
+        """Top-``k`` candidate item ids for one request, best first (one compiled call)."""
+        return _scalrec_rerank(*self._args(candidates, **request), int(k))

@@ -165,3 +165,11 @@ def test_on_device_reranker_matches_the_batched_path():
                             z_sem_snap=req.z_sem_snap[b].numpy(), gap=float(req.gap[b]), length=float(req.length[b]),
                             density=float(req.density[b]), per_day=float(req.per_day[b]))
         assert np.allclose(one, batched[b].numpy(), atol=1e-4)
+        raw = device.cues(req.candidates[b].numpy(), z_str=req.z_str[b].numpy(), z_str_snap=req.z_str_snap[b].numpy(),
+                          z_sem_snap=req.z_sem_snap[b].numpy(), gap=float(req.gap[b]), length=float(req.length[b]),
+                          density=float(req.density[b]), per_day=float(req.per_day[b]))
+        assert np.allclose(raw, cues[b].numpy(), atol=1e-5)
+        top = device.rerank(req.candidates[b].numpy(), k=3, z_str=req.z_str[b].numpy(), z_str_snap=req.z_str_snap[b].numpy(),
+                            z_sem_snap=req.z_sem_snap[b].numpy(), gap=int(req.gap[b]), length=int(req.length[b]),
+                            density=float(req.density[b]), per_day=float(req.per_day[b]))
+        assert list(top) == list(req.candidates[b].numpy()[np.argsort(-one, kind="stable")[:3]])
