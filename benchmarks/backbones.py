@@ -9,8 +9,9 @@ Every model gets the same epochs (no early stopping; the checkpoint with the bes
 is tested), batch size, embedding size (``embedding_size`` = ``hidden_size``), maximum sequence
 length and full-softmax CE loss, and is evaluated by RecBole's full-sort evaluation through
 ``recbole_scalrec.trainer.Trainer`` (leave-one-out, time order; ``properties/overall.yaml``).
-A dataset whose atomic files are missing is skipped with a message (``foursquare`` is made by
-``python -m recbole_scalrec.data prepare foursquare ...``; ``ml-100k`` ships with RecBole).
+A dataset whose atomic files are missing is prepared from the shared raw copy as the pipeline does
+(``foursquare``, ``redial``; ``ml-100k`` ships with RecBole), or skipped with a message when that
+copy is missing too.
 
 Last line: one JSON object with the settings, per dataset and model ``hr@10``, ``ndcg@10``,
 ``sec_per_epoch``, ``epochs``, and the skipped datasets.
@@ -30,6 +31,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
 from recbole_scalrec.config import Config
+from recbole_scalrec.data.prepare import ensure_prepared
 from recbole_scalrec.trainer import Trainer
 from recbole_scalrec.utils import get_model
 
@@ -56,8 +58,10 @@ def run_one(model_name: str, dataset: str, args, workdir: str) -> dict | None:
         "show_progress": False,
         "state": "WARNING",
     })
-    inter = os.path.join(config["data_path"], f"{dataset}.inter")
-    if not os.path.isfile(inter):
+    try:  # as the pipeline: convert from the shared raw copy when the atomic files are missing
+        ensure_prepared(dataset, os.path.dirname(os.path.normpath(config["data_path"])))
+    except FileNotFoundError as exc:
+        print(f"[skip] {exc}", file=sys.stderr)
         return None
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
@@ -101,7 +105,10 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--data-path", default="dataset", help="folder holding <dataset>/<dataset>.inter")
+    parser.add_argument("--data-path", default="dataset",
+                        help="folder holding <dataset>/<dataset>.inter (ml-100k: RecBole's shipped copy unless "
+                             "it is there too); missing datasets are prepared from the shared raw copies, as the "
+                             "pipeline does")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas / torch.amp notices from RecBole
@@ -117,8 +124,6 @@ def main() -> None:
                 for model_name in args.models:
                     figures = run_one(model_name, dataset, args, workdir)
                     if figures is None:
-                        print(f"[skip] {dataset}: no {dataset}.inter under {args.data_path}/{dataset} "
-                              f"(prepare it first).", file=sys.stderr)
                         skipped.append(dataset)
                         break
                     results.setdefault(dataset, {})[model_name] = figures

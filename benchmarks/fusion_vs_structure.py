@@ -1,6 +1,7 @@
 """Stage 1: the fused model (Eq. 4) against a structure-only backbone trained the same way.
 
     python benchmarks/fusion_vs_structure.py [--model SASRec] [--dataset ml-100k] [--epochs 30] [--seed 2020]
+                                             [--no-fast-dropout]
 
 The fused model is the pipeline's stage 1 (``build_run`` with no stage-2 heads: cached
 semantics and a matching stage-1 checkpoint are reused). The structure-only model is the same
@@ -26,8 +27,11 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--no-fast-dropout", dest="fast_dropout", action="store_false",
+                        help="both models with PyTorch's own dropout masks (fast_dropout: False)")
     args = parser.parse_args()
-    overrides = {"epochs": args.epochs, "seed": args.seed, "stage2_methods": [], "state": "WARNING"}
+    overrides = {"epochs": args.epochs, "seed": args.seed, "stage2_methods": [], "state": "WARNING",
+                 "fast_dropout": args.fast_dropout}
     run = build_run(model=args.model, dataset=args.dataset, config_dict=overrides)
     fused = run.full_ranking["fused"]
 
