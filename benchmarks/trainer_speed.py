@@ -40,7 +40,8 @@ from recbole_scalrec.utils import get_model
 
 
 def make_config(args, workdir: str) -> Config:
-    return Config(model=args.model, dataset=args.dataset, config_dict={
+    extra = {"data_path": args.data_path} if args.data_path else {}
+    return Config(model=args.model, dataset=args.dataset, config_dict={**extra,
         "epochs": args.epochs, "train_batch_size": args.batch_size, "eval_batch_size": 1024, "state": "WARNING",
         "checkpoint_dir": workdir, "show_progress": False, "eval_step": args.epochs, "stopping_step": args.epochs + 1,
         "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "compile": args.compile,
@@ -106,7 +107,7 @@ def _ours_rank(args: dict, workdir: str) -> dict:
         return {}
     ours = trainer.evaluate(sequences.eval_prefixes("test"))["structure_only"]
     rb_config, (_, _, test) = recbole_data(args, workdir)
-    return {"s_per_epoch": seconds / args.epochs, "compile_s": compile_s, **recbole_test(rb_config, model.structure, test),
+    return {"s_per_epoch": seconds / args.epochs, "compile_s": compile_s, **recbole_test(rb_config, model.backbone, test),
             "own_eval_ndcg@10": ours["ndcg@10"], "n_train": int(len(train_ids)), "threads": torch.get_num_threads()}
 
 
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone in our loop")
+    parser.add_argument("--data-path", default=None, help="folder holding <dataset>/ (default: the dataset's yaml)")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes of our loop (gloo; the cores are split between them, as the pipeline's nproc)")
     parser.add_argument("--no-fast-dropout", dest="fast_dropout", action="store_false",
