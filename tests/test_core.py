@@ -145,7 +145,8 @@ def test_every_method_scores_through_one_path():
     assert torch.allclose(structure, torch.einsum("bnd,bd->bn", table[req.candidates], req.z_str), atol=1e-6)
 
 
-def test_on_device_reranker_matches_the_batched_path():
+@pytest.mark.parametrize("head_kwargs", [{}, {"use_estimator": False}, {"calibrator_cues": False}])
+def test_on_device_reranker_matches_the_batched_path(head_kwargs):
     from recbole_scalrec.on_device import OnDeviceReranker
 
     seq = make_sequences(lengths=(30, 25))
@@ -154,7 +155,7 @@ def test_on_device_reranker_matches_the_batched_path():
     table = torch.randn(seq.n_items, 8)
     cues = compute_cues(req.gap, req.z_str, req.z_str_snap, req.z_sem_snap, table[req.candidates], req.length,
                         req.density, req.per_day, top_m=5)
-    head = SCaLRecHead(8, cues.shape[1], 0.5)
+    head = SCaLRecHead(8, cues.shape[1], 0.5, **head_kwargs)
     head.scaler.fit(torch.randn(50, cues.shape[1]) + cues.mean(0))
     head.eval()
     with torch.no_grad():
