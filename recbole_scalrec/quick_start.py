@@ -11,7 +11,7 @@ Reliability:
   prints ``error: <message>`` and exits 2 (``SCALREC_DEBUG=1`` shows the traceback);
 * determinism: the seed is set before the data, again before the backbone is built, when stage 1
   starts (dropout: ``seed + rank``) and when each stage-2 head starts;
-* stage-1 checkpoint ``<results_dir>/stage1.pth``: reused when its key (data, semantics and the
+* stage-1 checkpoint ``stage1_checkpoint`` (default ``<results_dir>/stage1.pth``): reused when its key (data, semantics and the
   stage-1 settings, :func:`stage1_key`) matches; refused with the differing settings named when
   it does not and the run would overwrite it (``saved=True``); trained in memory, the file left
   alone, when ``saved=False``; retrained and overwritten when it cannot be read;
@@ -255,7 +255,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                          config["projection_dropout"]).to(device)
     key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
     key1 = _fingerprint(key_fields)
-    ckpt = os.path.join(results_dir, "stage1.pth")
+    ckpt = config["stage1_checkpoint"] or os.path.join(results_dir, "stage1.pth")
     stage1 = FusionTrainer(config, fusion, sequences, semantic)
     with timer.stage("stage1"):
         # only rank 0 reads and writes the checkpoint; the decision and the weights are broadcast

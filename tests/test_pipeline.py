@@ -151,3 +151,23 @@ def test_report_aggregates_a_run(tiny_run):
         assert recovery(r, "S2", 10) == pytest.approx((s - c) / (f - c))
     else:  # staleness cost (almost) nothing: the ratio is undefined
         assert np.isnan(recovery(r, "S2", 10))
+
+
+def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
+    from recbole_scalrec.sweep import SWEEP_GAPS, mean_over_gaps, run_sweep
+
+    root, cfg, result = tiny_run
+    overrides = {k: v for k, v in cfg.items() if k not in ("results_dir", "seed")}
+    rows = run_sweep("correction_radius", [0.05], "SASRec", "tiny", result["seed"], str(tmp_path / "sweeps"),
+                     overrides, stage1_checkpoint=str(root / "out" / "stage1.pth"))
+    (row,) = rows
+    assert row["correction_radius"] == 0.05 and row["stage1_checkpoint"] == "reused"
+    run_dir = tmp_path / "sweeps" / f"tiny-SASRec-seed{result['seed']}" / "correction_radius=0.05"
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["config"]["correction_radius"] == 0.05
+    methods = {r["method"] for r in saved["results"]}
+    assert "scalrec" in methods and "learned_gate" not in methods  # only the swept head is trained
+    by_hand = np.mean([r["metrics"]["ndcg@10"] for r in saved["results"] if r["split"] == "test"
+                       and r["setting"] == "S2" and r["method"] == "scalrec" and r["gap"] in SWEEP_GAPS])
+    assert row["scalrec_ndcg@10"] == pytest.approx(by_hand)
+    assert mean_over_gaps(saved["results"], "cached_fusion", "ndcg@10") == pytest.approx(row["cached_fusion_ndcg@10"])
