@@ -11,7 +11,8 @@ temperature ``tau``:
 * ``L = KL(p_T || p_C) + lambda_rel * L_rel + lambda_reg * ||u||^2`` (Eq. 21).
 
 Model selection: early stopping on validation NDCG@10 under the protocol (mean over
-``eval_gaps`` x ``eval_settings``).
+``eval_gaps`` x ``eval_settings``); an epoch within ``stage2_tie_tolerance`` of the best so far
+counts as a tie, and ties go to the longer-trained head.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ class CalibrationTrainer:
         self.fit_scaler(head, rng)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg["stage2_learning_rate"])
         best, best_state, bad, history = -float("inf"), None, 0, []
+        tie = float(cfg["stage2_tie_tolerance"] or 0.0)
         for epoch in range(cfg["stage2_epochs"]):
             head.train()
             order = rng.permutation(len(self.train_ids))
@@ -116,8 +118,8 @@ class CalibrationTrainer:
             score = self.validate(head, method)
             history.append({"epoch": epoch, "loss": total / max(n, 1), "valid_ndcg@10": score})
             logger.info(f"stage 2 [{method}] epoch {epoch}: loss {total / max(n, 1):.5f}, valid NDCG@10 {score:.4f}")
-            if score >= best:  # ties go to the longer-trained head
-                best, best_state, bad = score, copy.deepcopy(head.state_dict()), 0
+            if score >= best - tie:  # ties (within the tolerance) go to the longer-trained head
+                best, best_state, bad = max(best, score), copy.deepcopy(head.state_dict()), 0
             else:
                 bad += 1
                 if bad >= cfg["stage2_stopping_step"]:
