@@ -302,6 +302,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["stage2"], prefixes["valid"])
     with timer.stage("stage2"):
         for method in config["stage2_methods"]:
+            torch.manual_seed(config["seed"])  # a head's initial weights must not depend on what ran before it
             head = build_head(method, config, item_table.shape[1]).to(device)
             stage2_info[method] = trainer2.fit(head, method)
             heads[method] = head
