@@ -14,13 +14,13 @@ prefixes (leave-one-out, time order) with CE over all items, batch size and lear
 for the same number of epochs without early stopping, and are tested by full ranking on the test
 requests by RecBole's own full-sort evaluator (ours also by the pipeline's, which should agree).
 The stock run has anomaly detection off, as ours (importing this package undoes RecBole's
-``set_detect_anomaly(True)``), so the ratio is the loops' own. Last line: one JSON object with ``recbole_s_per_epoch``, ``ours_s_per_epoch``,
-``speedup`` (target >= 1.5) and both test NDCG@10 / HR@10.
+``set_detect_anomaly(True)``), so the ratio is the loops' own. Last line: one JSON object with
+``recbole_s_per_epoch``, ``ours_s_per_epoch``, ``speedup`` (target >= 1.5) and both test NDCG@10 /
+HR@10.
 """
 import argparse
 import copy
 import json
-import os
 import tempfile
 import time
 
