@@ -3,7 +3,9 @@ fresh semantics with cross-entropy over all items (Eq. 4 logits).
 
 Batches are gathered straight from the per-user sequences as tensors (no RecBole
 ``Interaction`` objects); dropout masks come from :class:`~recbole_scalrec.trainer.dropout.UniformDropout`
-(key ``fast_dropout``); early stopping on validation full-ranking NDCG@10 of the fused model.
+(key ``fast_dropout``) and RecBole's Python GELU by the fused kernel
+(:func:`~recbole_scalrec.trainer.activation.use_fused_gelu`, key ``fused_gelu``); early stopping
+on validation full-ranking NDCG@10 of the fused model.
 
 Seeding: the batch order comes from ``numpy.random.default_rng(seed)``; dropout draws from
 torch's generator, seeded with ``seed + rank`` when :meth:`FusionTrainer.fit` starts.
@@ -30,6 +32,7 @@ from recbole_scalrec.distributed import all_reduce_grads, all_reduce_sum, broadc
 from recbole_scalrec.fusion import FusionModel
 from recbole_scalrec.protocol import full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.snapshot import PrefixTable
+from recbole_scalrec.trainer.activation import use_fused_gelu
 from recbole_scalrec.trainer.dropout import use_uniform_dropout
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ class FusionTrainer:
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
         if config["fast_dropout"]:
             use_uniform_dropout(model)
+        if config["fused_gelu"]:
+            use_fused_gelu(model)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"] or 0.0)
         # torch.compile wraps the backbone's forward only; parameters and state_dict keys stay the model's.
         self._structure = torch.compile(model.structure) if config["compile"] else model.structure
