@@ -137,14 +137,21 @@ def test_full_pipeline_with_surge_backbone(tmp_path):
     assert all(0.0 <= r["metrics"]["ndcg@10"] <= 1.0 for r in result["results"])
 
 
-def test_report_aggregates_a_run(tiny_run):
-    from recbole_scalrec.report import load_runs, recovery, report
+def test_report_aggregates_a_run(tiny_run, tmp_path):
+    from recbole_scalrec.report import draw_figures, load_runs, mean_payload, recovery, report
 
     root, _, _ = tiny_run
     runs = load_runs([str(root / "out")])
     text = report(runs)
     assert "## tiny, SASRec" in text and "Main table" in text and "paper's claims" in text
     assert "| scalrec |" in text and "Recovery ratio" in text
+    assert "| tiny | SASRec | 1 |" in text  # model-agnostic table row
+    assert "not testable: only SASRec of SASRec / SURGE run" in text
+    # two copies of the run pool to the same means; the figure is written
+    twice = {k: v + v for k, v in runs.items()}
+    assert mean_payload(twice[("tiny", "SASRec")])["results"] == mean_payload(runs[("tiny", "SASRec")])["results"]
+    (path,) = draw_figures(runs, str(tmp_path / "fig"))
+    assert path.endswith("staleness-tiny-SASRec.png") and os.path.getsize(path) > 0
     r = runs[("tiny", "SASRec")]
     f, c, s = (next(x["metrics"]["ndcg@10"] for x in r[0]["results"] if (x["split"], x["setting"], x["gap"], x["method"])
                     == ("test", "S2", 10, m)) for m in ("fresh_fusion", "cached_fusion", "scalrec"))
