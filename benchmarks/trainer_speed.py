@@ -13,7 +13,9 @@ one thread each on the same cores (gloo; gradients summed, so each step is the o
 optionally ``torch.compile``d. Both train the same model class from the same seed on the same training
 prefixes (leave-one-out, time order) with CE over all items, batch size and learning rate equal,
 for the same number of epochs without early stopping, and are tested by full ranking on the test
-requests by RecBole's own full-sort evaluator (ours also by the pipeline's, which should agree).
+requests by RecBole's own full-sort evaluator (ours also by the pipeline's, which agrees). Our
+sequences are sorted here as RecBole sorts them (on float32 timestamps, see
+:meth:`UserSequences.from_dataset`), so both loops see the same sequences and test targets.
 The stock run has anomaly detection off, as ours (importing this package undoes RecBole's
 ``set_detect_anomaly(True)``), so the ratio is the loops' own. Last line: one JSON object with
 ``recbole_s_per_epoch``, ``ours_s_per_epoch``, ``speedup`` (target >= 1.5) and both test NDCG@10 /
@@ -81,7 +83,7 @@ def _ours_rank(args: dict, workdir: str) -> dict:
     config = make_config(args, workdir)
     init_seed(config["seed"], config["reproducibility"])
     data = load_dataset(config)
-    sequences = UserSequences.from_dataset(data)
+    sequences = UserSequences.from_dataset(data, sort_dtype=np.float32)  # RecBole's order of near-ties
     init_seed(config["seed"], config["reproducibility"])
     model = FusionModel(get_model(args.model)(config, data), lm_dim=1).to(config["device"])
     trainer = FusionTrainer(config, model, sequences, semantic=None)

@@ -218,6 +218,35 @@ def test_short_users_that_reach_sequences_are_dropped_and_counted(env, tmp_path)
     assert (seq.lengths >= 3).all() and len(seq.items) == len(seq.rows) == seq.offsets[-1]
 
 
+def test_near_tie_timestamps_sort_exactly_and_float32_reproduces_recbole(env, tmp_path):
+    """RecBole sorts its float32 copy of the timestamps (128 s resolution here); we sort the exact
+    seconds, and ``sort_dtype=np.float32`` gives RecBole's split (same test targets)."""
+    from recbole.data import create_dataset, data_preparation
+
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.data.sequences import UserSequences
+
+    root = write_synthetic_dataset(str(tmp_path / "data"), "ties", n_users=4, min_len=5, max_len=6)
+    with open(os.path.join(root, "ties", "ties.inter"), "a") as f:  # later in the file, 10 s earlier
+        f.write("t0\ti1\t1700000000\nt0\ti2\t1700000100\nt0\ti3\t1700000300\nt0\ti4\t1700000290\n")
+    cfg = small_config(env, tmp_path / "out", tmp_path / "cache", data_path=root, checkpoint_dir=str(tmp_path / "ck"))
+    config = Config(model="SASRec", dataset="ties", config_dict=cfg)
+    data = create_dataset(config)
+    built = {dtype: UserSequences.from_dataset(data, sort_dtype=dtype) for dtype in (np.float64, np.float32)}
+    _, _, test = data_preparation(config, data)  # (turns data's columns into float32 tensors)
+    inter = test.dataset.inter_feat
+    recbole_target = dict(zip(inter[data.uid_field].tolist(), inter[data.iid_field].tolist()))
+    items = data.field2id_token[data.iid_field]
+    t0 = int(np.flatnonzero(data.field2id_token[data.uid_field] == "t0")[0])
+    for dtype, last in ((np.float64, "i3"), (np.float32, "i4")):
+        seq = built[dtype]
+        k = int(np.flatnonzero(seq.users == t0)[0])
+        assert items[seq.items[seq.offsets[k + 1] - 1]] == last  # exact: i3 is newest; float32: a tie, file order
+        if dtype is np.float32:
+            targets = seq.targets(seq.eval_prefixes("test"))
+            assert {int(u): int(t) for u, t in zip(seq.users, targets)} == recbole_target
+
+
 # ------------------------------------------------------------------------------ CLI errors
 def _cli(env, capsys, *args):
     from recbole_scalrec.quick_start import main
