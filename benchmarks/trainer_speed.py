@@ -2,13 +2,15 @@
 
     python benchmarks/trainer_speed.py [--model SASRec] [--dataset ml-100k] [--epochs 3] [--nproc 2]
                                        [--compile] [--no-fast-dropout] [--no-fused-gelu]
+                                       [--no-last-position]
 
 RecBole: ``create_dataset`` + ``data_preparation`` + ``Trainer.fit`` (in a fresh temporary
 checkpoint folder, so no saved dataset is unpickled) (its per-batch ``Interaction`` pipeline; our
 subclass only changes how checkpoints are written). Ours: :class:`FusionTrainer` in structure-only
 mode, as the pipeline's stage 1 runs it: batches gathered straight from the per-user sequences as
 tensors, dropout masks from ``torch.rand`` (``fast_dropout``), RecBole's Python GELU replaced by
-torch's fused kernel (``fused_gelu``, same function), with ``--nproc 2`` two processes of
+torch's fused kernel (``fused_gelu``, same function), SASRec's last layer computed at the read
+position only (``last_position_only``, same function), with ``--nproc 2`` two processes of
 one thread each on the same cores (gloo; gradients summed, so each step is the one-process step),
 optionally ``torch.compile``d. Both train the same model class from the same seed on the same training
 prefixes (leave-one-out, time order) with CE over all items, batch size and learning rate equal,
@@ -49,6 +51,7 @@ def make_config(args, workdir: str) -> Config:
         "checkpoint_dir": workdir, "show_progress": False, "eval_step": args.epochs, "stopping_step": args.epochs + 1,
         "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "compile": args.compile,
         "fast_dropout": args.fast_dropout, "fused_gelu": args.fused_gelu,
+        "last_position_only": args.last_position,
     })
 
 
@@ -135,6 +138,8 @@ def main() -> None:
                         help="our loop with PyTorch's own dropout masks (fast_dropout: False)")
     parser.add_argument("--no-fused-gelu", dest="fused_gelu", action="store_false",
                         help="our loop with RecBole's Python GELU (fused_gelu: False)")
+    parser.add_argument("--no-last-position", dest="last_position", action="store_false",
+                        help="our loop with SASRec's full last layer (last_position_only: False)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         recbole = run_recbole(args, workdir)
@@ -142,7 +147,8 @@ def main() -> None:
     figures = {
         "model": args.model, "dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
         "compile": args.compile, "nproc": args.nproc, "fast_dropout": args.fast_dropout,
-        "fused_gelu": args.fused_gelu, "recbole_threads": torch.get_num_threads(), "ours_threads_per_process": ours["threads"],
+        "fused_gelu": args.fused_gelu, "last_position_only": args.last_position,
+        "recbole_threads": torch.get_num_threads(), "ours_threads_per_process": ours["threads"],
         "recbole_s_per_epoch": recbole["s_per_epoch"], "ours_s_per_epoch": ours["s_per_epoch"],
         "ours_compile_s": ours["compile_s"], "speedup": recbole["s_per_epoch"] / ours["s_per_epoch"],
         "recbole_ndcg@10": recbole["ndcg@10"], "ours_ndcg@10": ours["ndcg@10"],

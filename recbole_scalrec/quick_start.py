@@ -168,7 +168,7 @@ def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
             "projection_dropout", "epochs", "train_batch_size", "learning_rate", "stopping_step",
             "semantic_train_stride", "stage2_gaps", "eval_gaps", "hidden_size", "embedding_size", "n_layers", "n_heads",
             "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "loss_type", "weight_decay", "fast_dropout",
-            "fused_gelu")
+            "fused_gelu", "last_position_only")
     return {"config": {k: config[k] for k in keys if k in config}, "semantic": semantic_key, "n_inter": n_inter}
 
 

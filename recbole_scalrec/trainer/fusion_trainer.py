@@ -3,9 +3,11 @@ fresh semantics with cross-entropy over all items (Eq. 4 logits).
 
 Batches are gathered straight from the per-user sequences as tensors (no RecBole
 ``Interaction`` objects); dropout masks come from :class:`~recbole_scalrec.trainer.dropout.UniformDropout`
-(key ``fast_dropout``) and RecBole's Python GELU by the fused kernel
-(:func:`~recbole_scalrec.trainer.activation.use_fused_gelu`, key ``fused_gelu``); early stopping
-on validation full-ranking NDCG@10 of the fused model.
+(key ``fast_dropout``), RecBole's Python GELU by the fused kernel
+(:func:`~recbole_scalrec.trainer.activation.use_fused_gelu`, key ``fused_gelu``) and SASRec's last
+layer runs at the read position only (:mod:`~recbole_scalrec.trainer.last_position`, key
+``last_position_only``): each the same function, cheaper; early stopping on validation
+full-ranking NDCG@10 of the fused model.
 
 Seeding: the batch order comes from ``numpy.random.default_rng(seed)``; dropout draws from
 torch's generator, seeded with ``seed + rank`` when :meth:`FusionTrainer.fit` starts.
@@ -34,6 +36,7 @@ from recbole_scalrec.protocol import full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.snapshot import PrefixTable
 from recbole_scalrec.trainer.activation import use_fused_gelu
 from recbole_scalrec.trainer.dropout import use_uniform_dropout
+from recbole_scalrec.trainer.last_position import use_last_position_forward
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class FusionTrainer:
             use_uniform_dropout(model)
         if config["fused_gelu"]:
             use_fused_gelu(model)
+        if config["last_position_only"]:
+            use_last_position_forward(model)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"] or 0.0)
         # torch.compile wraps the backbone's forward only; parameters and state_dict keys stay the model's.
         self._structure = torch.compile(model.structure) if config["compile"] else model.structure
