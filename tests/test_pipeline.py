@@ -138,7 +138,7 @@ def test_full_pipeline_with_surge_backbone(tmp_path):
 
 
 def test_report_aggregates_a_run(tiny_run, tmp_path):
-    from recbole_scalrec.report import draw_figures, load_runs, mean_payload, recovery, report
+    from recbole_scalrec.report import draw_figures, load_runs, mean_payload, recovery, report, seed_verdict
 
     root, _, _ = tiny_run
     runs = load_runs([str(root / "out")])
@@ -147,6 +147,9 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
     assert "| scalrec |" in text and "Recovery ratio" in text
     assert "| tiny | SASRec | 1 |" in text  # model-agnostic table row
     assert "not testable: only SASRec of SASRec / SURGE run" in text
+    assert "(1/1 seeds) |" in text  # each claim judged per seed
+    assert [seed_verdict(v) for v in ([True, True], [False], [True, False, False])] == [
+        "holds (2/2 seeds)", "does not hold (0/1 seeds)", "mixed (1/3 seeds)"]
     # two copies of the run pool to the same means; the figure is written
     twice = {k: v + v for k, v in runs.items()}
     assert mean_payload(twice[("tiny", "SASRec")])["results"] == mean_payload(runs[("tiny", "SASRec")])["results"]
