@@ -100,10 +100,10 @@ def plot_staleness_curves(payload: dict, path: str, split: str = "test") -> None
     for col, setting in enumerate(("S1", "S2")):
         for row, metric in enumerate(("ndcg@10", "hit@10")):
             ax = axes[row][col]
-            for m in methods:
+            for i, m in enumerate(methods):  # 10 colours, then dashed lines: every method stays distinct
                 pts = sorted((r["gap"], r["metrics"][metric]) for r in rows if r["setting"] == setting and r["method"] == m)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, linestyle="-" if i < 10 else "--")
             ax.set_title(f"{setting}: {metric.upper()}")
             ax.set_xlabel("gap Delta (interactions)")
             ax.grid(alpha=0.3)
