@@ -226,8 +226,8 @@ def report(runs_by_key: dict) -> str:
                 "| stage | " + " | ".join(f"seed {r['seed']}" for r in by_seed) + " |", "|---|" + "---|" * len(by_seed)]
         for stage in runs[0]["timings_s"]:
             out.append(f"| {stage} | " + " | ".join(f"{r['timings_s'].get(stage, np.nan):.1f}" for r in by_seed) + " |")
-        out += [f"", f"LM forward calls (first run): {runs[0]['lm_forward_calls']}; prefixes encoded: "
-                f"{runs[0].get('n_semantic_prefixes', 'n/a')}.", ""]
+        out += ["", "LM forward calls per seed: " + ", ".join(str(r["lm_forward_calls"]) for r in by_seed)
+                + f" (0: the semantics were cached); prefixes with semantics: {runs[0].get('n_semantic_prefixes', 'n/a')}.", ""]
     return "\n".join(out + backbone_table(runs_by_key) + claims(runs_by_key))
 
 
