@@ -53,10 +53,70 @@ class SemanticProjection(nn.Module):
         return self.net(h)
 
 
+CONDITIONING_MODES = ("none", "center", "whiten")
+
+
+class SemanticConditioner(nn.Module):
+    """Conditions ``h(t)`` before ``g_omega``: ``(h - mu) @ W`` with statistics of the training
+    prefixes' LM outputs (METHOD.md Sec. 1; a frozen LM's abstracts share their fixed wording,
+    so raw ``h`` of different users sit close together and differ in a few directions).
+
+    * ``none``: ``mu = 0``, ``W = I`` (the raw LM output);
+    * ``center``: ``mu`` = the mean of ``h``, ``W = I``;
+    * ``whiten``: also ``W = U diag((lambda + eps)^-1/2) U^T`` (ZCA whitening of the covariance
+      ``U diag(lambda) U^T``, ``eps`` = ``eps_ratio`` times the mean eigenvalue, so directions
+      with no variance are not blown up), rescaled so the whitened vectors have the raw ``h``'s
+      mean norm around ``mu``.
+
+    The statistics are buffers: they are saved in, and restored from, the stage-1 checkpoint.
+    """
+
+    def __init__(self, dim: int, mode: str = "none", eps_ratio: float = 0.1) -> None:
+        super().__init__()
+        if mode not in CONDITIONING_MODES:
+            raise ValueError(f"semantic_conditioning must be one of {CONDITIONING_MODES}, got {mode!r}.")
+        self.mode = mode
+        self.eps_ratio = float(eps_ratio)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("transform", torch.eye(dim))
+
+    @torch.no_grad()
+    def fit(self, h: torch.Tensor) -> dict:
+        """Set the statistics from ``h`` (``[n, dim]``, the training prefixes' LM outputs); a summary."""
+        h = torch.as_tensor(h, dtype=torch.float64)
+        if self.mode == "none" or len(h) < 2:
+            return {"mode": self.mode, "n": int(len(h))}
+        mean = h.mean(0)
+        centred = h - mean
+        transform = torch.eye(h.shape[1], dtype=torch.float64)
+        info = {"mode": self.mode, "n": int(len(h)), "raw_mean_norm": float(h.norm(dim=1).mean()),
+                "centred_mean_norm": float(centred.norm(dim=1).mean())}
+        if self.mode == "whiten":
+            cov = centred.T @ centred / (len(h) - 1)
+            eigval, eigvec = torch.linalg.eigh(cov)
+            eigval = eigval.clamp(min=0.0)
+            eps = self.eps_ratio * float(eigval.mean())
+            transform = eigvec @ torch.diag((eigval + eps).rsqrt()) @ eigvec.T
+            whitened_norm = (centred @ transform).norm(dim=1).mean()
+            transform = transform * (info["raw_mean_norm"] / float(whitened_norm))
+            top = eigval.flip(0)
+            info["top10_variance_share"] = float(top[:10].sum() / top.sum())
+        self.mean.copy_(mean.to(self.mean.dtype))
+        self.transform.copy_(transform.to(self.transform.dtype))
+        return info
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return h
+        centred = h - self.mean
+        return centred if self.mode == "center" else centred @ self.transform
+
+
 class FusionModel(nn.Module):
     """A RecBole sequential backbone ``f_theta`` plus ``g_omega`` (stage 1, METHOD.md Sec. 6)."""
 
-    def __init__(self, backbone: nn.Module, lm_dim: int, fusion_weight: float = 0.5, hidden: int = 256, dropout: float = 0.2) -> None:
+    def __init__(self, backbone: nn.Module, lm_dim: int, fusion_weight: float = 0.5, hidden: int = 256, dropout: float = 0.2,
+                 conditioning: str = "none") -> None:
         super().__init__()
         if not isinstance(getattr(backbone, "item_embedding", None), nn.Embedding):
             raise TypeError(
@@ -66,6 +126,7 @@ class FusionModel(nn.Module):
         self.backbone = backbone
         self.fusion_weight = fusion_weight
         dim = backbone.item_embedding.embedding_dim
+        self.conditioner = SemanticConditioner(lm_dim, conditioning)
         self.projection = SemanticProjection(lm_dim, dim, hidden, dropout)
 
     @property
@@ -83,8 +144,8 @@ class FusionModel(nn.Module):
         return z
 
     def semantic(self, h: torch.Tensor) -> torch.Tensor:
-        """``z_sem(t) = g_omega(h(t))``."""
-        return self.projection(h)
+        """``z_sem(t) = g_omega(h(t))``, ``h`` conditioned first (:class:`SemanticConditioner`)."""
+        return self.projection(self.conditioner(h))
 
     def full_scores(self, z_str: torch.Tensor, z_sem: torch.Tensor | None) -> torch.Tensor:
         return score_all(self.item_table, z_str, z_sem, self.fusion_weight)

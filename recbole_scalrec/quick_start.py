@@ -41,6 +41,7 @@ from recbole_scalrec.data.item_text import load_item_texts, load_request_texts
 from recbole_scalrec.data.prepare import ensure_prepared
 from recbole_scalrec.data.sequences import UserSequences, raw_user_count
 from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.item_init import ITEM_INIT_MODES, lm_initialise_items
 from recbole_scalrec.methods import FIXED_METHODS, build_head
 from recbole_scalrec.protocol import evaluate_staleness
 from recbole_scalrec.results import write_results
@@ -48,7 +49,7 @@ from recbole_scalrec.semantic_cache import SemanticCache
 from recbole_scalrec.semantic_encoder import SemanticEncoder
 from recbole_scalrec.snapshot import PrefixStates, PrefixTable, refresh_gaps
 from recbole_scalrec.trainer.calibration_trainer import CalibrationTrainer
-from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
+from recbole_scalrec.trainer.fusion_trainer import TRAIN_PREFIXES, FusionTrainer
 from recbole_scalrec.trainer.trainer import load_checkpoint, save_checkpoint
 from recbole_scalrec.utils import get_model
 
@@ -103,10 +104,33 @@ def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
         if config["refresh_interval"]:
             parts.append(sequences.shift_prefix(ids, refresh_gaps(sequences, ids, config["refresh_interval"]))[0])
     all_ids = np.unique(np.concatenate(parts))
-    # stage 1 trains on every encoded training prefix; stage 2 draws requests from the grid,
+    # stage 1 trains on every training prefix ("all"; those off the grid take the latest grid
+    # prefix's h) or on the encoded ones only ("encoded"); stage 2 draws requests from the grid,
     # whose snapshots at every stage-2 gap were listed above
-    train_all = np.intersect1d(all_ids, sequences.train_prefixes())
-    return {"all": all_ids, "train": train_all, "stage2": train, "valid": valid, "test": test}
+    mode = config["stage1_train_prefixes"] or "all"
+    if mode not in TRAIN_PREFIXES:
+        raise ValueError(f"stage1_train_prefixes must be one of {TRAIN_PREFIXES}, got {mode!r}.")
+    stage1 = sequences.train_prefixes() if mode == "all" else np.intersect1d(all_ids, sequences.train_prefixes())
+    return {"all": all_ids, "train": stage1, "grid": train, "stage2": train, "valid": valid, "test": test}
+
+
+def resolve_real_timestamps(config, sequences: UserSequences) -> bool:
+    """``real_timestamps: auto``: the timestamps are taken as unix seconds when every one lies in
+    [1e8, 4.1e9] (1973 to 2100); an order index (0, 1, 2, ...) or milliseconds are not, and such
+    data gets no time words and no events-per-day cue (one log line says so)."""
+    value = config["real_timestamps"]
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() != "auto":
+        raise ValueError(f"real_timestamps must be True, False or auto, got {value!r}.")
+    if sequences.times is None or len(sequences.times) == 0:
+        return False
+    low, high = float(sequences.times.min()), float(sequences.times.max())
+    real = 1e8 <= low and high <= 4.1e9
+    if not real:
+        logger.info(f"real_timestamps auto: timestamps span [{low:.6g}, {high:.6g}], not unix seconds; no time words "
+                    f"in the abstract and no events-per-day cue (set real_timestamps: True if they are times).")
+    return real
 
 
 def _plain_key(value: Any) -> Any:
@@ -163,13 +187,49 @@ def check_stage1_checkpoint(path: str, key: str, fields: dict, saved: bool) -> d
     )
 
 
+# Configuration keys that cannot change the stage-1 weights: where files go, logging and progress,
+# processes and devices, the LM's batching, and everything of stage 2 and the evaluation. Every
+# other key (the backbone's own keys such as SASRec's inner_size or SURGE's pool_length, data
+# filters, training budget, fusion settings) is part of the stage-1 checkpoint key, so a key not
+# listed here errs on the side of retraining.
+STAGE1_IRRELEVANT_KEYS = frozenset({
+    "results_dir", "stage1_checkpoint", "checkpoint_dir", "data_path", "semantic_cache_dir", "semantic_chunk_size",
+    "show_progress", "state", "log_wandb", "wandb_project", "save_dataset", "dataset_save_path", "save_dataloaders",
+    "dataloaders_save_path", "benchmark_filename", "config_files", "gpu_id", "use_gpu", "device", "worker", "nproc",
+    "world_size", "offset", "ip", "port", "dist_timeout", "local_rank", "single_spec", "lm_batch_size", "lm_device",
+    "eval_batch_size", "eval_step", "metrics", "topk", "valid_metric", "valid_metric_bigger", "metric_decimal_place",
+    "loss_decimal_place", "eval_settings", "refresh_interval", "candidate_size", "spearman_top_m", "density_window",
+    "estimator_hidden_size", "calibrator_hidden_size", "calibrator_use_cues", "correction_radius", "kd_temperature",
+    "lambda_rel", "lambda_reg", "stage2_s2_prob", "stage2_epochs", "stage2_batch_size", "stage2_learning_rate",
+    "stage2_stopping_step", "stage2_tie_tolerance", "stage2_methods", "valid_neg_sample_args", "test_neg_sample_args",
+})
+
+
 def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
-    keys = ("model", "dataset", "seed", "MAX_ITEM_LIST_LENGTH", "fusion_weight", "projection_hidden_size",
-            "projection_dropout", "epochs", "train_batch_size", "learning_rate", "stopping_step",
-            "semantic_train_stride", "stage2_gaps", "eval_gaps", "hidden_size", "embedding_size", "n_layers", "n_heads",
-            "dropout_prob", "hidden_dropout_prob", "attn_dropout_prob", "loss_type", "weight_decay", "fast_dropout",
-            "fused_gelu", "last_position_only")
-    return {"config": {k: config[k] for k in keys if k in config}, "semantic": semantic_key, "n_inter": n_inter}
+    """What the stage-1 weights depend on: every configuration key but :data:`STAGE1_IRRELEVANT_KEYS`
+    (the gaps only when stage 1 trains on the encoded prefixes, whose set they change), the
+    semantics' fingerprint and the interaction count."""
+    skip = set(STAGE1_IRRELEVANT_KEYS)
+    if (config["stage1_train_prefixes"] or "all") == "all":
+        skip |= {"eval_gaps", "stage2_gaps"}
+    values = {k: v for k, v in config.final_config_dict.items() if k not in skip}
+    return {"config": _plain_key(values), "semantic": semantic_key, "n_inter": n_inter}
+
+
+def prepare_stage1(config, fusion: FusionModel, grid: PrefixTable, item_texts: list[str], encoder: SemanticEncoder) -> dict:
+    """Before stage 1 trains: condition ``h`` with the training grid's statistics
+    (``semantic_conditioning``) and initialise the item table from the LM (``item_embedding_init``,
+    :mod:`recbole_scalrec.item_init`); a summary of both for ``results.json``."""
+    info = {"semantic_conditioning": fusion.conditioner.fit(grid.values)}
+    mode = config["item_embedding_init"] or "random"
+    if mode not in ITEM_INIT_MODES:
+        raise ValueError(f"item_embedding_init must be one of {ITEM_INIT_MODES}, got {mode!r}.")
+    if mode == "lm":
+        info["item_embedding_init"] = lm_initialise_items(fusion.backbone, item_texts, encoder,
+                                                          config["semantic_cache_dir"], config["dataset"])
+    else:
+        info["item_embedding_init"] = {"mode": "random"}
+    return info
 
 
 @dataclass
@@ -226,6 +286,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
         distributed.barrier()
         data = load_dataset(config)
         sequences = UserSequences.from_dataset(data)
+        config["real_timestamps"] = resolve_real_timestamps(config, sequences)
         n_users_raw = raw_user_count(config) if distributed.is_main() else None
         item_texts = load_item_texts(config, data)
         request_texts = load_request_texts(config, data, sequences.rows)
@@ -253,11 +314,12 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     init_seed(config["seed"], config["reproducibility"])  # the same initial weights whatever ran before
     backbone = get_model(config["model"])(config, data).to(device)
     fusion = FusionModel(backbone, encoder.dim, config["fusion_weight"], config["projection_hidden_size"],
-                         config["projection_dropout"]).to(device)
+                         config["projection_dropout"], conditioning=config["semantic_conditioning"] or "none").to(device)
     key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
     key1 = _fingerprint(key_fields)
     ckpt = config["stage1_checkpoint"] or os.path.join(results_dir, "stage1.pth")
-    stage1 = FusionTrainer(config, fusion, sequences, semantic)
+    grid = PrefixTable(prefixes["grid"], semantic(prefixes["grid"]))  # what stage 1 may read for a training prefix
+    stage1 = FusionTrainer(config, fusion, sequences, semantic, train_semantic=grid)
     with timer.stage("stage1"):
         # only rank 0 reads and writes the checkpoint; the decision and the weights are broadcast
         decision, state = None, None
@@ -279,8 +341,11 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             stage1_info = dict(state["info"] if state is not None else {}, checkpoint="reused")
             logger.info(f"stage 1: reusing {ckpt} (same data, semantics and settings)")
         else:
+            init_info = {}
+            if distributed.is_main():
+                init_info = prepare_stage1(config, fusion, grid, item_texts, encoder)
             distributed.broadcast_module(fusion)
-            stage1_info = dict(stage1.fit(prefixes["train"], prefixes["valid"]), checkpoint="trained")
+            stage1_info = dict(stage1.fit(prefixes["train"], prefixes["valid"]), checkpoint="trained", **init_info)
             if saved and distributed.is_main():
                 save_checkpoint({"key": key1, "key_fields": _plain_key(key_fields), "state_dict": fusion.state_dict(),
                                  "info": {k: v for k, v in stage1_info.items() if k != "checkpoint"}}, ckpt)

@@ -158,3 +158,18 @@ class PrefixTable:
 
     def __call__(self, prefix_ids: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.values[lookup_rows(self.ids, prefix_ids, "semantic embeddings")]
+
+    def at_or_before(self, prefix_ids: np.ndarray, floors: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Rows of the latest stored prefix at or before each of ``prefix_ids`` but not before its
+        ``floors`` (the user's first prefix), and whether that row is the prefix's own.
+
+        This is what a device's cache holds at ``t``: the semantics of the last prefix the cloud
+        encoded. Raises ``KeyError`` when a prefix has no stored prefix between its floor and itself.
+        """
+        prefix_ids = np.asarray(prefix_ids, dtype=np.int64)
+        rows = np.searchsorted(self.ids, prefix_ids, side="right") - 1
+        found = self.ids[np.maximum(rows, 0)]
+        if len(prefix_ids) and ((rows < 0).any() or (found < np.asarray(floors)).any()):
+            raise KeyError("A training prefix has no encoded prefix of its own user at or before it; the encoding "
+                           "grid (thin_train_prefixes) keeps every user's first prefix, so list it in needed_prefixes().")
+        return self.values[torch.as_tensor(rows, dtype=torch.long)], found == prefix_ids

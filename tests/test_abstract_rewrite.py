@@ -38,7 +38,15 @@ def test_missing_package_gives_clear_error(monkeypatch):
 def test_missing_gguf_gives_clear_error(monkeypatch, tmp_path):
     (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     hide(monkeypatch, "gguf")
-    with pytest.raises(ImportError, match=r'gguf: .*pip install -e "\.\[rewrite\]"'):
+    # the message lists every missing package (accelerate too on a machine without it)
+    with pytest.raises(ImportError, match=r'needs (\w+, )*gguf(, \w+)*: .*pip install -e "\.\[rewrite\]"'):
+        rw.AbstractRewriter(str(tmp_path / "tiny.gguf"))
+
+
+def test_missing_gguf_and_accelerate_named_together(monkeypatch, tmp_path):
+    (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
+    hide(monkeypatch, "gguf", "accelerate")
+    with pytest.raises(ImportError, match=r'needs gguf, accelerate: .*pip install -e "\.\[rewrite\]"'):
         rw.AbstractRewriter(str(tmp_path / "tiny.gguf"))
 
 

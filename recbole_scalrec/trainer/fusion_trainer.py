@@ -9,6 +9,20 @@ layer runs at the read position only (:mod:`~recbole_scalrec.trainer.last_positi
 ``last_position_only``): each the same function, cheaper; early stopping on validation
 full-ranking NDCG@10 of the fused model.
 
+Training prefixes (key ``stage1_train_prefixes``): ``all`` (default) trains on every training
+prefix each epoch, as RecBole trains a backbone alone; ``encoded`` only on those whose ``h(t)``
+was encoded (the older behaviour, for comparison). The LM encodes only every
+``semantic_train_stride``-th training prefix (the budget), so under ``all`` a prefix without its
+own ``h(t)`` is handled by ``stage1_missing_semantics``:
+
+* ``latest`` (default): the ``h`` of the latest encoded prefix of the grid at or before it, what a
+  device's cache holds between two cloud refreshes every ``semantic_train_stride`` steps. The
+  fusion then learns from ``stride - 1`` of every ``stride`` prefixes with semantics up to that
+  many steps old, and the item table and backbone see every target;
+* ``structure_only``: those prefixes are trained with the structure logits ``<z_str, v_i>`` alone.
+
+``benchmarks/semantic_value.py`` measures both (``--missing-semantics``).
+
 Seeding: the batch order comes from ``numpy.random.default_rng(seed)``; dropout draws from
 torch's generator, seeded with ``seed + rank`` when :meth:`FusionTrainer.fit` starts.
 
@@ -40,6 +54,9 @@ from recbole_scalrec.trainer.last_position import use_last_position_forward
 
 logger = logging.getLogger(__name__)
 
+TRAIN_PREFIXES = ("all", "encoded")
+MISSING_SEMANTICS = ("latest", "structure_only")
+
 
 class FusionTrainer:
     """Trains a :class:`FusionModel` on the prefixes that have semantics.
@@ -48,11 +65,16 @@ class FusionTrainer:
     the same loop RecBole's stock trainer is compared with in ``benchmarks/trainer_speed.py``.
     """
 
-    def __init__(self, config, model: FusionModel, sequences: UserSequences, semantic: PrefixTable | None) -> None:
+    def __init__(self, config, model: FusionModel, sequences: UserSequences, semantic: PrefixTable | None,
+                 train_semantic: PrefixTable | None = None) -> None:
         self.config = config
         self.model = model
         self.sequences = sequences
-        self.semantic = semantic
+        self.semantic = semantic  # own h(t) of every evaluated prefix
+        self.train_semantic = train_semantic if train_semantic is not None else semantic  # the encoding grid
+        self.missing = config["stage1_missing_semantics"] or "latest"
+        if self.missing not in MISSING_SEMANTICS:
+            raise ValueError(f"stage1_missing_semantics must be one of {MISSING_SEMANTICS}, got {self.missing!r}.")
         self.device = torch.device(config["device"])  # RecBole resolved it (a GPU only when one is visible)
         self.max_len = config["MAX_ITEM_LIST_LENGTH"]
         if config["fast_dropout"]:
@@ -65,13 +87,32 @@ class FusionTrainer:
         # torch.compile wraps the backbone's forward only; parameters and state_dict keys stay the model's.
         self._structure = torch.compile(model.structure) if config["compile"] else model.structure
         self.history: list[dict] = []
+        self.own_counts = np.zeros(2, dtype=np.int64)  # [prefixes with their own h, prefixes seen] this epoch
 
-    def _batch(self, prefix_ids: np.ndarray):
+    def _batch(self, prefix_ids: np.ndarray, train: bool = False):
+        """Sequences, ``h`` (None without semantics), targets and which rows have their own ``h``.
+
+        Evaluated prefixes always have their own ``h``; a training prefix takes the latest encoded
+        one at or before it (see the module docstring)."""
         ids = torch.as_tensor(prefix_ids)
         seq, length = self.sequences.gather_sequences(ids, self.max_len)
-        h = self.semantic(prefix_ids) if self.semantic is not None else None
+        h, own = None, None
+        if self.semantic is not None:
+            if train:
+                floors = self.sequences.offsets[self.sequences.user_of(prefix_ids)]
+                h, own = self.train_semantic.at_or_before(prefix_ids, floors)
+                own = torch.as_tensor(own, device=self.device)
+            else:
+                h = self.semantic(prefix_ids)
         target = torch.as_tensor(self.sequences.targets(prefix_ids))
-        return seq.to(self.device), length.to(self.device), None if h is None else h.to(self.device), target.to(self.device)
+        return (seq.to(self.device), length.to(self.device), None if h is None else h.to(self.device),
+                target.to(self.device), own)
+
+    def _train_logits(self, z_str: torch.Tensor, h: torch.Tensor | None, own: torch.Tensor | None) -> torch.Tensor:
+        logits = self.model.full_scores(z_str, self._z_sem(h))
+        if own is not None and self.missing == "structure_only" and not bool(own.all()):
+            logits = torch.where(own[:, None], logits, self.model.full_scores(z_str, None))
+        return logits
 
     def _z_sem(self, h: torch.Tensor | None) -> torch.Tensor | None:
         return None if h is None else self.model.semantic(h)
@@ -84,13 +125,20 @@ class FusionTrainer:
         order = generator.permutation(len(train_ids))
         bs = self.config["train_batch_size"]
         total, n = 0.0, 0
-        for lo in range(0, len(order), bs):
+        starts = range(0, len(order), bs)
+        if self.config["show_progress"] and rank == 0:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="stage 1", unit="batch", leave=False)
+        for lo in starts:
             batch = order[lo : lo + bs]
             mine, weight = batch[rank::world], 1.0
             if len(mine) == 0:  # a last batch smaller than the world: a zero-weight sample keeps grads aligned
                 mine, weight = batch[:1], 0.0
-            seq, length, h, target = self._batch(train_ids[mine])
-            logits = self.model.full_scores(self._structure(seq, length), self._z_sem(h))
+            seq, length, h, target, own = self._batch(train_ids[mine], train=True)
+            if own is not None and weight:
+                self.own_counts += np.array([int(own.sum()), len(own)])
+            logits = self._train_logits(self._structure(seq, length), h, own)
             loss_sum = F.cross_entropy(logits, target, reduction="sum") * weight
             self.optimizer.zero_grad(set_to_none=True)
             (loss_sum / len(batch)).backward()
@@ -106,7 +154,7 @@ class FusionTrainer:
         self.model.eval()
         ranks = {"fused": [], "structure_only": []} if self.semantic is not None else {"structure_only": []}
         for lo in range(0, len(prefix_ids), self.config["eval_batch_size"]):
-            seq, length, h, target = self._batch(prefix_ids[lo : lo + self.config["eval_batch_size"]])
+            seq, length, h, target, _ = self._batch(prefix_ids[lo : lo + self.config["eval_batch_size"]])
             z_str = self.model.structure(seq, length)
             if h is not None:
                 ranks["fused"].append(full_ranking_metrics(self.model.full_scores(z_str, self._z_sem(h)), target))
@@ -121,12 +169,17 @@ class FusionTrainer:
         best, best_state, bad = -1.0, None, 0
         for epoch in range(self.config["epochs"]):
             start = time.perf_counter()
+            self.own_counts = np.zeros(2, dtype=np.int64)
             loss = self.train_epoch(train_ids, generator)
             train_s = time.perf_counter() - start
             valid = self.evaluate(valid_ids)
             score = broadcast_object(valid["fused" if "fused" in valid else "structure_only"]["ndcg@10"])
-            self.history.append({"epoch": epoch, "loss": loss, "train_s": train_s, "valid_ndcg@10": score})
-            logger.info(f"stage 1 epoch {epoch}: loss {loss:.4f} ({train_s:.1f}s), valid NDCG@10 {score:.4f}, "
+            own, seen = (int(all_reduce_sum(float(c))) for c in self.own_counts)
+            self.history.append({"epoch": epoch, "loss": loss, "train_s": train_s, "valid_ndcg@10": score,
+                                 "valid_structure_ndcg@10": valid["structure_only"]["ndcg@10"],
+                                 "prefixes_seen": seen, "prefixes_with_own_semantics": own})
+            logger.info(f"stage 1 epoch {epoch}: loss {loss:.4f} ({train_s:.1f}s, {len(train_ids)} prefixes"
+                        + (f", {own} with their own h" if seen else "") + f"), valid NDCG@10 {score:.4f}, "
                         f"structure channel {valid['structure_only']['ndcg@10']:.4f}")
             if score > best:
                 best, best_state, bad = score, copy.deepcopy(self.model.state_dict()), 0
@@ -136,4 +189,5 @@ class FusionTrainer:
                     break
         if best_state is not None:
             self.model.load_state_dict(best_state)
-        return {"best_valid_ndcg@10": best, "epochs_run": len(self.history), "history": self.history}
+        return {"best_valid_ndcg@10": best, "epochs_run": len(self.history), "n_train_prefixes": int(len(train_ids)),
+                "missing_semantics": self.missing if self.semantic is not None else None, "history": self.history}
