@@ -285,7 +285,9 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             ensure_prepared(config["dataset"], os.path.dirname(os.path.normpath(config["data_path"])))
         distributed.barrier()
         data = load_dataset(config)
-        sequences = UserSequences.from_dataset(data)
+        if (config["timestamp_sort"] or "exact") not in ("exact", "recbole"):
+            raise ValueError(f"timestamp_sort must be 'exact' or 'recbole', got {config['timestamp_sort']!r}.")
+        sequences = UserSequences.from_dataset(data, sort_dtype=np.float32 if config["timestamp_sort"] == "recbole" else np.float64)
         config["real_timestamps"] = resolve_real_timestamps(config, sequences)
         n_users_raw = raw_user_count(config) if distributed.is_main() else None
         item_texts = load_item_texts(config, data)
@@ -373,7 +375,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             stage2_info[method] = trainer2.fit(head, method)
             heads[method] = head
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None),
-            "n_users_raw": n_users_raw, "world_size": world}
+            "n_users_raw": n_users_raw, "world_size": world, "semantic": semantic}
     return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, lm_forward_calls, full_ranking, info)
 
 
