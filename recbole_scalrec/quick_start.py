@@ -320,7 +320,10 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
     key1 = _fingerprint(key_fields)
     ckpt = config["stage1_checkpoint"] or os.path.join(results_dir, "stage1.pth")
-    grid = PrefixTable(prefixes["grid"], semantic(prefixes["grid"]))  # what stage 1 may read for a training prefix
+    # what stage 1 may read for a training prefix: the encoded training prefixes (the stride grid and
+    # the snapshots stage 2 and the evaluation need), never a valid or test request's h
+    encoded_train = np.intersect1d(prefixes["all"], sequences.train_prefixes())
+    grid = PrefixTable(encoded_train, semantic(encoded_train))
     stage1 = FusionTrainer(config, fusion, sequences, semantic, train_semantic=grid)
     with timer.stage("stage1"):
         # only rank 0 reads and writes the checkpoint; the decision and the weights are broadcast

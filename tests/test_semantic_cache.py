@@ -8,31 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from recbole_scalrec.semantic_cache import SemanticCache  # noqa: E402
-
-
-class FakeEncoder:
-    """Deterministic text -> vector map (hash-seeded), counting forward calls like the real one."""
-
-    dim = 8
-    fingerprint = "fake-v1"
-
-    def __init__(self, fail_after=None, nan_for=()):
-        self.forward_calls = 0
-        self.fail_after = fail_after
-        self.nan_for = set(nan_for)
-
-    def encode(self, texts, show_progress=False):
-        if self.fail_after is not None and self.forward_calls >= self.fail_after:
-            raise KeyboardInterrupt("killed")
-        self.forward_calls += 1
-        out = np.stack([
-            np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
-            for t in texts
-        ]).astype(np.float32)
-        for j, t in enumerate(texts):
-            if t in self.nan_for:
-                out[j] = np.nan
-        return out
+from synthetic import FakeEncoder  # noqa: E402
 
 
 def texts_fn(ids):

@@ -15,10 +15,11 @@ was encoded (the older behaviour, for comparison). The LM encodes only every
 ``semantic_train_stride``-th training prefix (the budget), so under ``all`` a prefix without its
 own ``h(t)`` is handled by ``stage1_missing_semantics``:
 
-* ``latest`` (default): the ``h`` of the latest encoded prefix of the grid at or before it, what a
+* ``latest`` (default): the ``h`` of the latest encoded training prefix of the same user at or
+  before it (the stride grid plus the snapshots stage 2 and the evaluation encode anyway), what a
   device's cache holds between two cloud refreshes every ``semantic_train_stride`` steps. The
-  fusion then learns from ``stride - 1`` of every ``stride`` prefixes with semantics up to that
-  many steps old, and the item table and backbone see every target;
+  fusion then learns from most prefixes with semantics up to ``stride - 1`` steps old, which is
+  the situation it serves under staleness, and the item table and backbone see every target;
 * ``structure_only``: those prefixes are trained with the structure logits ``<z_str, v_i>`` alone.
 
 ``benchmarks/semantic_value.py`` measures both (``--missing-semantics``).
@@ -59,7 +60,7 @@ MISSING_SEMANTICS = ("latest", "structure_only")
 
 
 class FusionTrainer:
-    """Trains a :class:`FusionModel` on the prefixes that have semantics.
+    """Trains a :class:`FusionModel` on the training prefixes (``stage1_train_prefixes``).
 
     With ``semantic=None`` it trains the backbone alone (structure-only logits ``<z_str, v_i>``),
     the same loop RecBole's stock trainer is compared with in ``benchmarks/trainer_speed.py``.
