@@ -86,7 +86,7 @@ def stock(args, seed: int, workdir: str, sequences, test_ids: np.ndarray) -> dic
         scores[:, 0] = -torch.inf
     ranks = ranked(scores, sequences.targets(test_ids))
     return {"metrics": metrics_from_ranks(ranks), "ranks": ranks, "train_s": seconds,
-            "epochs_run": int(getattr(trainer, "cur_epoch", -1)) + 1}
+            "epochs_run": len(trainer.train_loss_dict)}
 
 
 def structure(args, seed: int, workdir: str, run) -> dict:
@@ -222,9 +222,14 @@ def main() -> None:
         nd = [s[n]["metrics"]["ndcg@10"] for s in per_seed]
         summary[n] = float(np.mean(nd))
         print(f"{n:<12}{np.mean(hr):>10.4f} ± {np.std(hr):.4f}{np.mean(nd):>10.4f} ± {np.std(nd):.4f}")
-    fused_vs_stock = paired_p(np.concatenate([s["fused"]["ranks"] for s in per_seed]),
-                              np.concatenate([s["stock"]["ranks"] for s in per_seed]))
-    print(f"fused vs stock, paired Wilcoxon over (seed, user) NDCG@10: p = {fused_vs_stock:.3g}")
+
+    def pooled(name):
+        return np.concatenate([s[name]["ranks"] for s in per_seed])
+
+    tests = {f"{a}_vs_{b}_p": paired_p(pooled(a), pooled(b))
+             for a, b in (("fused", "stock"), ("fused", "structure"), ("structure", "stock"), ("semantic", "zero_shot"))}
+    for name, p in tests.items():
+        print(f"{name[:-2].replace('_vs_', ' vs ')}, paired Wilcoxon over (seed, user) NDCG@10: p = {p:.3g}")
     gaps = {st: {str(g): float(np.mean([s["staleness"][st][str(g)] for s in per_seed])) for g in GAPS} for st in ("S1", "S2")}
     for st in ("S1", "S2"):
         print(f"fresh - cached fusion, {st}, relative to fresh: " + ", ".join(f"gap {g}: {v:+.3f}" for g, v in gaps[st].items()))
@@ -238,7 +243,7 @@ def main() -> None:
         "levers": {"train_prefixes": args.train_prefixes, "item_init": args.item_init,
                    "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs},
         "stock_ndcg@10": summary["stock"], "structure_ndcg@10": summary["structure"], "fused_ndcg@10": summary["fused"],
-        "fused_over_stock": summary["fused"] / max(summary["stock"], 1e-12), "fused_vs_stock_p": fused_vs_stock,
+        "fused_over_stock": summary["fused"] / max(summary["stock"], 1e-12), **tests,
         "semantic_ndcg@10": summary["semantic"], "zero_shot_ndcg@10": summary["zero_shot"],
         "popularity_ndcg@10": summary["popularity"],
         "s1_fresh_minus_cached": gaps["S1"], "s2_fresh_minus_cached": gaps["S2"],
