@@ -2,7 +2,7 @@
 
     python benchmarks/semantic_value.py --dataset redial --model SASRec --seeds 2020 2021 2022
         [--epochs N] [--train-prefixes all|encoded] [--item-init lm|random]
-        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only]
+        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only] [--fused-only]
 
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
@@ -21,7 +21,8 @@ test request, :func:`recbole_scalrec.protocol.full_ranking_metrics`):
 Then, on the candidate protocol (METHOD.md Sec. 2), fresh minus cached fusion at gaps 5, 10, 20,
 S1 and S2, relative to fresh. The flags turn each lever off (stage 1 on all prefixes, the LM item
 table, conditioned ``h``) so a run with a flag against one without shows what that lever buys.
-Last line: one JSON object.
+``--fused-only`` skips (a) and (b), which no lever changes (their fields are then null). Last line:
+one JSON object.
 """
 from __future__ import annotations
 
@@ -176,8 +177,9 @@ def one_seed(args, seed: int, workdir: str) -> dict:
     out.update(fused_parts(run))
     out.update(training_free(run, item_texts))
     out["staleness"] = staleness_gaps(run)
-    out["structure"] = structure(args, seed, workdir, run)
-    out["stock"] = stock(args, seed, workdir, run.sequences, run.prefixes["test"])
+    if not args.fused_only:
+        out["structure"] = structure(args, seed, workdir, run)
+        out["stock"] = stock(args, seed, workdir, run.sequences, run.prefixes["test"])
     return out
 
 
@@ -202,17 +204,17 @@ def main() -> None:
     parser.add_argument("--item-init", default="lm", choices=["lm", "random"])
     parser.add_argument("--conditioning", default="whiten", choices=["none", "center", "whiten"])
     parser.add_argument("--missing-semantics", default="latest", choices=["latest", "structure_only"])
+    parser.add_argument("--fused-only", action="store_true", help="skip the stock and structure-only baselines")
     args = parser.parse_args()
     config = Config(model=args.model, dataset=args.dataset)
     ensure_prepared(args.dataset, os.path.dirname(os.path.normpath(config["data_path"])))
+    names = ("stock", "structure", "fused", "semantic", "zero_shot", "popularity")[2 * args.fused_only:]
     per_seed = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
             per_seed.append(one_seed(args, seed, workdir))
             s = per_seed[-1]
-            print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in
-                  ("stock", "structure", "fused", "semantic", "zero_shot", "popularity")), flush=True)
-    names = ("stock", "structure", "fused", "semantic", "zero_shot", "popularity")
+            print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in names), flush=True)
     print(f"\n{args.dataset} / {args.model}, seeds {args.seeds}; levers: train_prefixes={args.train_prefixes}, "
           f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}")
     print(f"{'model':<12}{'HR@10':>18}{'NDCG@10':>18}")
@@ -227,13 +229,14 @@ def main() -> None:
         return np.concatenate([s[name]["ranks"] for s in per_seed])
 
     tests = {f"{a}_vs_{b}_p": paired_p(pooled(a), pooled(b))
-             for a, b in (("fused", "stock"), ("fused", "structure"), ("structure", "stock"), ("semantic", "zero_shot"))}
+             for a, b in (("fused", "stock"), ("fused", "structure"), ("structure", "stock"), ("semantic", "zero_shot"))
+             if a in names and b in names}
     for name, p in tests.items():
         print(f"{name[:-2].replace('_vs_', ' vs ')}, paired Wilcoxon over (seed, user) NDCG@10: p = {p:.3g}")
     gaps = {st: {str(g): float(np.mean([s["staleness"][st][str(g)] for s in per_seed])) for g in GAPS} for st in ("S1", "S2")}
     for st in ("S1", "S2"):
         print(f"fresh - cached fusion, {st}, relative to fresh: " + ", ".join(f"gap {g}: {v:+.3f}" for g, v in gaps[st].items()))
-    for s in per_seed:
+    for s in per_seed if not args.fused_only else ():
         print(f"seed {s['seed']}: stage-1 epochs {s['stage1'].get('epochs_run')}, {s['stage1'].get('n_train_prefixes')} "
               f"training prefixes; stock epochs {s['stock']['epochs_run']} ({s['stock']['train_s']:.0f} s), "
               f"structure epochs {s['structure']['epochs_run']} ({s['structure']['train_s']:.0f} s), "
@@ -242,8 +245,9 @@ def main() -> None:
         "dataset": args.dataset, "model": args.model, "seeds": args.seeds,
         "levers": {"train_prefixes": args.train_prefixes, "item_init": args.item_init,
                    "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs},
-        "stock_ndcg@10": summary["stock"], "structure_ndcg@10": summary["structure"], "fused_ndcg@10": summary["fused"],
-        "fused_over_stock": summary["fused"] / max(summary["stock"], 1e-12), **tests,
+        "stock_ndcg@10": summary.get("stock"), "structure_ndcg@10": summary.get("structure"),
+        "fused_ndcg@10": summary["fused"],
+        "fused_over_stock": summary["fused"] / summary["stock"] if "stock" in summary else None, **tests,
         "semantic_ndcg@10": summary["semantic"], "zero_shot_ndcg@10": summary["zero_shot"],
         "popularity_ndcg@10": summary["popularity"],
         "s1_fresh_minus_cached": gaps["S1"], "s2_fresh_minus_cached": gaps["S2"],
