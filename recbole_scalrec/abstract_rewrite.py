@@ -1,4 +1,4 @@
-"""Optional on-device rewrite of the abstract ``a(t)`` by a small causal LM (issue 3.1).
+"""Optional on-device rewrite of the abstract ``a(t)`` by a small causal LM.
 
 Off by default (``abstract_rewrite: False``). When on, :meth:`AbstractBuilder.from_config
 <recbole_scalrec.abstract.AbstractBuilder.from_config>` wraps the template builder in a

@@ -1,4 +1,4 @@
-"""Sensitivity sweeps of SCaLRec's stage-2 settings (issue 7: rho, tau, lambda_rel, lambda_reg).
+"""Sensitivity sweeps of SCaLRec's stage-2 settings (rho, tau, lambda_rel, lambda_reg).
 
     python -m recbole_scalrec.sweep --dataset foursquare --param correction_radius --values 0.1 0.4 \
         [--model SASRec] [--seed 2020] [--out docs/results/sweeps] [--key=value ...]

