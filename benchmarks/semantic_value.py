@@ -39,7 +39,7 @@ from recbole.utils import init_seed
 
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.prepare import ensure_prepared
-from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.fusion import FusionModel, score_all
 from recbole_scalrec.item_init import item_text_vectors
 from recbole_scalrec.protocol import evaluate_staleness, full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.quick_start import build_run
@@ -83,8 +83,7 @@ def stock(args, seed: int, workdir: str, sequences, test_ids: np.ndarray) -> dic
     model.eval()
     with torch.no_grad():
         seq, length = sequences.gather_sequences(torch.as_tensor(test_ids), config["MAX_ITEM_LIST_LENGTH"])
-        scores = model(seq, length) @ model.item_embedding.weight.T
-        scores[:, 0] = -torch.inf
+        scores = score_all(model.item_embedding.weight, model(seq, length), None, 0.0)
     ranks = ranked(scores, sequences.targets(test_ids))
     return {"metrics": metrics_from_ranks(ranks), "ranks": ranks, "train_s": seconds,
             "epochs_run": len(trainer.train_loss_dict)}
@@ -118,9 +117,7 @@ def fused_parts(run) -> dict:
     targets = run.sequences.targets(test)
     z_str, z_sem = run.states.z_str[rows], run.states.z_sem[rows]
     fused = ranked(run.fusion.full_scores(z_str, z_sem), targets)
-    semantic_scores = z_sem @ run.item_table.T
-    semantic_scores[:, 0] = -torch.inf
-    semantic = ranked(semantic_scores, targets)
+    semantic = ranked(score_all(run.item_table, z_sem, None, 0.0), targets)  # <z_sem, v_i> alone
     return {"fused": {"metrics": metrics_from_ranks(fused), "ranks": fused},
             "semantic": {"metrics": metrics_from_ranks(semantic), "ranks": semantic}}
 

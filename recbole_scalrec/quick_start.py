@@ -104,9 +104,9 @@ def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
         if config["refresh_interval"]:
             parts.append(sequences.shift_prefix(ids, refresh_gaps(sequences, ids, config["refresh_interval"]))[0])
     all_ids = np.unique(np.concatenate(parts))
-    # stage 1 trains on every training prefix ("all"; those off the grid take the latest grid
-    # prefix's h) or on the encoded ones only ("encoded"); stage 2 draws requests from the grid,
-    # whose snapshots at every stage-2 gap were listed above
+    # stage 1 trains on every training prefix ("all"; one without its own h takes its user's latest
+    # encoded training prefix's h) or on the encoded ones only ("encoded"); stage 2 draws requests
+    # from the grid, whose snapshots at every stage-2 gap were listed above
     mode = config["stage1_train_prefixes"] or "all"
     if mode not in TRAIN_PREFIXES:
         raise ValueError(f"stage1_train_prefixes must be one of {TRAIN_PREFIXES}, got {mode!r}.")
@@ -216,11 +216,12 @@ def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
     return {"config": _plain_key(values), "semantic": semantic_key, "n_inter": n_inter}
 
 
-def prepare_stage1(config, fusion: FusionModel, grid: PrefixTable, item_texts: list[str], encoder: SemanticEncoder) -> dict:
-    """Before stage 1 trains: condition ``h`` with the training grid's statistics
+def prepare_stage1(config, fusion: FusionModel, train_semantic: PrefixTable, item_texts: list[str],
+                   encoder: SemanticEncoder) -> dict:
+    """Before stage 1 trains: condition ``h`` with the encoded training prefixes' statistics
     (``semantic_conditioning``) and initialise the item table from the LM (``item_embedding_init``,
     :mod:`recbole_scalrec.item_init`); a summary of both for ``results.json``."""
-    info = {"semantic_conditioning": fusion.conditioner.fit(grid.values)}
+    info = {"semantic_conditioning": fusion.conditioner.fit(train_semantic.values)}
     mode = config["item_embedding_init"] or "random"
     if mode not in ITEM_INIT_MODES:
         raise ValueError(f"item_embedding_init must be one of {ITEM_INIT_MODES}, got {mode!r}.")
@@ -323,8 +324,8 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     # what stage 1 may read for a training prefix: the encoded training prefixes (the stride grid and
     # the snapshots stage 2 and the evaluation need), never a valid or test request's h
     encoded_train = np.intersect1d(prefixes["all"], sequences.train_prefixes())
-    grid = PrefixTable(encoded_train, semantic(encoded_train))
-    stage1 = FusionTrainer(config, fusion, sequences, semantic, train_semantic=grid)
+    train_semantic = PrefixTable(encoded_train, semantic(encoded_train))
+    stage1 = FusionTrainer(config, fusion, sequences, semantic, train_semantic=train_semantic)
     with timer.stage("stage1"):
         # only rank 0 reads and writes the checkpoint; the decision and the weights are broadcast
         decision, state = None, None
@@ -348,7 +349,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
         else:
             init_info = {}
             if distributed.is_main():
-                init_info = prepare_stage1(config, fusion, grid, item_texts, encoder)
+                init_info = prepare_stage1(config, fusion, train_semantic, item_texts, encoder)
             distributed.broadcast_module(fusion)
             stage1_info = dict(stage1.fit(prefixes["train"], prefixes["valid"]), checkpoint="trained", **init_info)
             if saved and distributed.is_main():
