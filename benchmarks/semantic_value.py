@@ -3,6 +3,7 @@
     python benchmarks/semantic_value.py --dataset redial --model SASRec --seeds 2020 2021 2022
         [--epochs N] [--train-prefixes all|encoded] [--item-init lm|random]
         [--conditioning none|center|whiten] [--missing-semantics latest|structure_only] [--fused-only]
+        [--seed-dir DIR]
 
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
@@ -21,8 +22,10 @@ test request, :func:`recbole_scalrec.protocol.full_ranking_metrics`):
 Then, on the candidate protocol (METHOD.md Sec. 2), fresh minus cached fusion at gaps 5, 10, 20,
 S1 and S2, relative to fresh. The flags turn each lever off (stage 1 on all prefixes, the LM item
 table, conditioned ``h``) so a run with a flag against one without shows what that lever buys.
-``--fused-only`` skips (a) and (b), which no lever changes (their fields are then null). Last line:
-one JSON object.
+``--fused-only`` skips (a) and (b), which no lever changes (their fields are then null).
+``--seed-dir DIR`` writes each finished seed to ``DIR/seed-<seed>.json`` (metrics and per-user ranks)
+and reads a seed found there, made with the same flags, instead of training it again: seeds can run
+in separate processes, and a run that stops keeps the seeds it finished. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -180,6 +183,43 @@ def one_seed(args, seed: int, workdir: str) -> dict:
     return out
 
 
+def lever_args(args) -> dict:
+    """The flags that change a seed's result (what a stored seed must match)."""
+    return {k: getattr(args, k) for k in ("dataset", "model", "epochs", "train_prefixes", "item_init",
+                                          "conditioning", "missing_semantics", "fused_only")}
+
+
+def save_seed(path: str, args, result: dict) -> None:
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, (np.integer, np.floating)):
+            return value.item()
+        return value
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"args": lever_args(args), "result": plain(result)}, f)
+    os.replace(path + ".tmp", path)
+
+
+def load_seed(path: str, args) -> dict | None:
+    """A stored seed made with the same flags, ranks back as arrays; None when absent or made otherwise."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        stored = json.load(f)
+    if stored["args"] != lever_args(args):
+        raise SystemExit(f"{path} was made with {stored['args']}, not {lever_args(args)}: use another --seed-dir.")
+    result = stored["result"]
+    for value in result.values():
+        if isinstance(value, dict) and "ranks" in value:
+            value["ranks"] = np.asarray(value["ranks"])
+    return result
+
+
 def paired_p(a: np.ndarray, b: np.ndarray) -> float:
     """Wilcoxon signed-rank p over users of NDCG@10 per request (rank -> 1/log2(rank+1) within top 10)."""
     from scipy.stats import wilcoxon
@@ -202,6 +242,7 @@ def main() -> None:
     parser.add_argument("--conditioning", default="whiten", choices=["none", "center", "whiten"])
     parser.add_argument("--missing-semantics", default="latest", choices=["latest", "structure_only"])
     parser.add_argument("--fused-only", action="store_true", help="skip the stock and structure-only baselines")
+    parser.add_argument("--seed-dir", default=None, help="keep each finished seed in DIR/seed-<seed>.json and reuse it")
     args = parser.parse_args()
     config = Config(model=args.model, dataset=args.dataset)
     ensure_prepared(args.dataset, os.path.dirname(os.path.normpath(config["data_path"])))
@@ -209,7 +250,11 @@ def main() -> None:
     per_seed = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
-            per_seed.append(one_seed(args, seed, workdir))
+            path = os.path.join(args.seed_dir, f"seed-{seed}.json") if args.seed_dir else None
+            stored = load_seed(path, args) if path else None
+            per_seed.append(stored if stored is not None else one_seed(args, seed, workdir))
+            if path and stored is None:
+                save_seed(path, args, per_seed[-1])
             s = per_seed[-1]
             print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in names), flush=True)
     print(f"\n{args.dataset} / {args.model}, seeds {args.seeds}; levers: train_prefixes={args.train_prefixes}, "
