@@ -89,7 +89,8 @@ def paired_test(runs: list[dict], baseline: str, setting="S2", gap=5) -> str:
 def gap_table(runs: list[dict], setting: str) -> list[str]:
     gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"] is not None})
     out = ["| method | " + " | ".join(f"Δ={g}" for g in gaps) + " |", "|---|" + "---|" * len(gaps)]
-    for m in methods_of(runs[0]):
+    present = {r["method"] for r in runs[0]["results"] if r["setting"] == setting}
+    for m in (m for m in methods_of(runs[0]) if m in present):  # +repair methods have S2 rows only
         out.append(f"| {m} | " + " | ".join(f"{np.mean([metric(r, 'test', setting, g, m, 'ndcg@10') for r in runs]):.4f}"
                                              for g in gaps) + " |")
     return out

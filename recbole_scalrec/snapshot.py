@@ -111,6 +111,21 @@ class StaleRequests:
         return len(self.prefix_ids)
 
 
+def repair_candidates(req: StaleRequests, item_table: torch.Tensor, k: int) -> StaleRequests:
+    """Candidate repair on the device (METHOD.md Sec. 10): the request's candidate set plus the
+    ``k`` best items by the fresh structure score ``<z_str(t), v_i>`` that it does not hold yet
+    (``O(|I| d)`` per request; padding item 0 never added). Everything else is unchanged."""
+    if k <= 0:
+        return req
+    scores = req.z_str @ item_table.T
+    scores[:, 0] = -torch.inf
+    scores.scatter_(1, req.candidates, -torch.inf)
+    extra = torch.topk(scores, k=min(k, scores.shape[1] - req.candidates.shape[1] - 1), dim=1).indices
+    values = {f.name: getattr(req, f.name) for f in fields(req)}
+    values["candidates"] = torch.cat([req.candidates, extra], dim=1)
+    return StaleRequests(**values)
+
+
 def refresh_gaps(sequences: UserSequences, prefix_ids: np.ndarray, interval: int) -> np.ndarray:
     """Intermittent cloud (METHOD.md Sec. 2): refreshes at t = 1, 1 + k, 1 + 2k, ...; a
     request at t uses the last refresh at or before t, i.e. gap ``(t - 1) mod k``."""

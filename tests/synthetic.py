@@ -52,6 +52,7 @@ def tiny_config_dict(root: str, **extra) -> dict:
         "n_heads": 1,
         "MAX_ITEM_LIST_LENGTH": 10,
         "candidate_size": 10,
+        "repair_size": 5,
         "semantic_train_stride": 1,
         "stage2_epochs": 2,
         "stage2_batch_size": 64,
