@@ -231,6 +231,39 @@ def _scalrec_rerank(items, cands, z_str, z_snap, z_sem, gap, length, density, pe
     return cands[order]
 
 
+@njit(cache=True, fastmath=_FAST)
+def _repair(items, cands, z_str, k):  # pragma: no cover - compiled
+    """``cands`` plus the ``k`` best other items by ``<z_str, v_i>`` (padding 0 excluded), best
+    first: a running top-k by insertion, one pass over the item table (METHOD.md Sec. 10)."""
+    n_items, d = items.shape
+    held = np.zeros(n_items, dtype=np.bool_)
+    held[0] = True
+    for c in cands:
+        held[c] = True
+    k = min(k, n_items - 1 - cands.shape[0])
+    best_s = np.full(k, -np.inf, dtype=np.float32)
+    best_i = np.zeros(k, dtype=np.int64)
+    for i in range(n_items):
+        if held[i]:
+            continue
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += items[i, j] * z_str[j]
+        if k == 0 or acc <= best_s[k - 1]:
+            continue
+        pos = k - 1
+        while pos > 0 and best_s[pos - 1] < acc:
+            best_s[pos] = best_s[pos - 1]
+            best_i[pos] = best_i[pos - 1]
+            pos -= 1
+        best_s[pos] = acc
+        best_i[pos] = i
+    out = np.empty(cands.shape[0] + k, dtype=np.int64)
+    out[: cands.shape[0]] = cands
+    out[cands.shape[0]:] = best_i
+    return out
+
+
 def _f32(x) -> np.ndarray:
     x = np.asarray(x)
     return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
@@ -298,6 +331,11 @@ class OnDeviceReranker:
         ``request``: ``z_str``, ``z_str_snap``, ``z_sem_snap`` (float32 ``[d]``), ``gap``, ``length``,
         ``density``, ``per_day`` (numbers), as in :class:`recbole_scalrec.snapshot.StaleRequests`."""
         return _scalrec_scores(*self._args(candidates, **request))
+
+    def repair(self, candidates: np.ndarray, z_str, k: int = 20) -> np.ndarray:
+        """The cached candidates plus the ``k`` best items they lack by the fresh structure score
+        (as :func:`recbole_scalrec.snapshot.repair_candidates`), for the ``+repair`` methods."""
+        return _repair(self.items, _i64(candidates), _f32(z_str), int(k))
 
     def rerank(self, candidates: np.ndarray, k: int = 10, **request) -> np.ndarray:
         """Top-``k`` candidate item ids for one request, best first (one compiled call)."""

@@ -213,6 +213,11 @@ def test_repair_adds_the_best_fresh_structure_items_not_yet_held():
         best = sorted(rest, key=lambda i: -float(scores[i]))[:4]
         assert extra == best
     assert repair_candidates(req, table, 0) is req
+    from recbole_scalrec.on_device import OnDeviceReranker
+
+    device = OnDeviceReranker(SCaLRecHead(8, 7, 0.5), table)
+    for b in range(len(req)):  # the device's one-request kernel adds the same items in the same order
+        assert device.repair(req.candidates[b].numpy(), req.z_str[b].numpy(), 4).tolist() == fixed.candidates[b].tolist()
 
 
 def test_latest_per_user():
