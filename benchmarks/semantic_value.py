@@ -2,8 +2,8 @@
 
     python benchmarks/semantic_value.py --dataset redial --model SASRec --seeds 2020 2021 2022
         [--epochs N] [--train-prefixes all|encoded] [--item-init lm|random]
-        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only] [--fused-only]
-        [--seed-dir DIR]
+        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only]
+        [--fusion-weight LAMBDA] [--fused-only] [--seed-dir DIR]
 
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
@@ -21,7 +21,8 @@ test request, :func:`recbole_scalrec.protocol.full_ranking_metrics`):
 
 Then, on the candidate protocol (METHOD.md Sec. 2), fresh minus cached fusion at gaps 5, 10, 20,
 S1 and S2, relative to fresh. The flags turn each lever off (stage 1 on all prefixes, the LM item
-table, conditioned ``h``) so a run with a flag against one without shows what that lever buys.
+table, conditioned ``h``), or set the fusion weight of Eq. 4, so a run with a flag against one
+without shows what that lever buys.
 ``--fused-only`` skips (a) and (b), which no lever changes (their fields are then null).
 ``--seed-dir DIR`` writes each finished seed to ``DIR/seed-<seed>.json`` (metrics and per-user ranks)
 and reads a seed found there, made with the same flags, instead of training it again: seeds can run
@@ -62,6 +63,8 @@ def overrides(args, seed: int, workdir: str) -> dict:
            "results_dir": os.path.join(workdir, f"run-{seed}"), "checkpoint_dir": workdir, "show_progress": False}
     if args.epochs:
         cfg["epochs"] = args.epochs
+    if args.fusion_weight is not None:
+        cfg["fusion_weight"] = args.fusion_weight
     return cfg
 
 
@@ -185,8 +188,8 @@ def one_seed(args, seed: int, workdir: str) -> dict:
 
 def lever_args(args) -> dict:
     """The flags that change a seed's result (what a stored seed must match)."""
-    return {k: getattr(args, k) for k in ("dataset", "model", "epochs", "train_prefixes", "item_init",
-                                          "conditioning", "missing_semantics", "fused_only")}
+    keys = ("dataset", "model", "epochs", "train_prefixes", "item_init", "conditioning", "missing_semantics", "fused_only")
+    return {k: getattr(args, k) for k in keys + (("fusion_weight",) if args.fusion_weight is not None else ())}
 
 
 def save_seed(path: str, args, result: dict) -> None:
@@ -241,6 +244,7 @@ def main() -> None:
     parser.add_argument("--item-init", default="lm", choices=["lm", "random"])
     parser.add_argument("--conditioning", default="whiten", choices=["none", "center", "whiten"])
     parser.add_argument("--missing-semantics", default="latest", choices=["latest", "structure_only"])
+    parser.add_argument("--fusion-weight", type=float, default=None, help="lambda of Eq. 4 (default: the yaml's)")
     parser.add_argument("--fused-only", action="store_true", help="skip the stock and structure-only baselines")
     parser.add_argument("--seed-dir", default=None, help="keep each finished seed in DIR/seed-<seed>.json and reuse it")
     args = parser.parse_args()
@@ -258,7 +262,8 @@ def main() -> None:
             s = per_seed[-1]
             print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in names), flush=True)
     print(f"\n{args.dataset} / {args.model}, seeds {args.seeds}; levers: train_prefixes={args.train_prefixes}, "
-          f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}")
+          f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}"
+          + (f", fusion_weight={args.fusion_weight}" if args.fusion_weight is not None else ""))
     print(f"{'model':<12}{'HR@10':>18}{'NDCG@10':>18}")
     summary = {}
     for n in names:
@@ -286,7 +291,8 @@ def main() -> None:
     print(json.dumps({
         "dataset": args.dataset, "model": args.model, "seeds": args.seeds,
         "levers": {"train_prefixes": args.train_prefixes, "item_init": args.item_init,
-                   "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs},
+                   "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs,
+                   **({"fusion_weight": args.fusion_weight} if args.fusion_weight is not None else {})},
         "stock_ndcg@10": summary.get("stock"), "structure_ndcg@10": summary.get("structure"),
         "fused_ndcg@10": summary["fused"],
         "fused_over_stock": summary["fused"] / summary["stock"] if "stock" in summary else None, **tests,
