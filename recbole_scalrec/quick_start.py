@@ -391,15 +391,14 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                                       config["eval_batch_size"], device)
 
     # --- stage 2: estimator + calibrator (and the trained baselines) ------------------------
-    heads, stage2_info = {}, {}
+    heads = {}
     item_table = fusion.item_table.detach()
     trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["stage2"], prefixes["valid"])
     with timer.stage("stage2"):
         for method in config["stage2_methods"]:
             torch.manual_seed(config["seed"])  # a head's initial weights must not depend on what ran before it
-            head = build_head(method, config, item_table.shape[1]).to(device)
-            stage2_info[method] = trainer2.fit(head, method)
-            heads[method] = head
+            heads[method] = build_head(method, config, item_table.shape[1]).to(device)
+        stage2_info = trainer2.fit_all(heads)  # all heads on the same batches, one validation pass per epoch
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None),
             "n_users_raw": n_users_raw, "world_size": world, "semantic": semantic}
     return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, lm_forward_calls, full_ranking, info)

@@ -21,7 +21,7 @@ CONFIG = {
     "reliability_target_scale": "median", "kd_temperature": 1.0, "spearman_top_m": 10, "seed": 0,
     "stage2_gaps": [0, 5, 10, 20], "stage2_s2_prob": 0.5, "stage2_epochs": 15, "stage2_batch_size": 128,
     "stage2_learning_rate": 0.01, "stage2_stopping_step": 15, "stage2_tie_tolerance": 1.0,
-    "eval_gaps": [0, 5, 20], "eval_settings": ["S1", "S2"], "eval_batch_size": 512,
+    "eval_gaps": [0, 5, 20], "eval_settings": ["S1", "S2"], "eval_batch_size": 512, "show_progress": False,
 }
 
 
@@ -61,3 +61,23 @@ def test_trained_scalrec_acts_where_stale_semantics_are_wrong():
     # so it corrects more at the longer gap, and changes rankings there
     assert inner[20]["correction"]["mean"] > inner[0]["correction"]["mean"]
     assert inner[20]["changed_top10"] > 0.5
+
+
+def test_heads_trained_together_end_as_each_trained_alone():
+    seq, states, table = drifting_states(n_users=16, length=40)
+    cfg = dict(CONFIG, stage2_epochs=4, stage2_stopping_step=1, stage2_tie_tolerance=0.0)
+    trainer = CalibrationTrainer(cfg, states, seq, table, seq.train_prefixes(), seq.eval_prefixes("valid"))
+    methods = ("scalrec", "learned_gate", "dynamic_fusion", "scalrec_literal")
+
+    def fresh(method):
+        torch.manual_seed(0)
+        return build_head(method, cfg, DIM)
+
+    together = {m: fresh(m) for m in methods}
+    info_all = trainer.fit_all(together)
+    for m in methods:
+        alone = fresh(m)
+        info = trainer.fit(alone, m)
+        assert info["history"] == info_all[m]["history"] and info["best_epoch"] == info_all[m]["best_epoch"]
+        for key, value in alone.state_dict().items():
+            assert torch.equal(value, together[m].state_dict()[key]), (m, key)
