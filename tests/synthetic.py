@@ -58,6 +58,7 @@ def tiny_config_dict(root: str, **extra) -> dict:
         "stage2_batch_size": 64,
         "spearman_top_m": 5,
         "lm_batch_size": 32,
+        "lm_precision": "fp32",  # the auto probe is tested on its own (test_semantic_encoder)
         "show_progress": False,
         "state": "WARNING",
     }
