@@ -400,6 +400,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             heads[method] = build_head(method, config, item_table.shape[1]).to(device)
         stage2_info = trainer2.fit_all(heads)  # all heads on the same batches, one validation pass per epoch
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None),
+            "lm_precision": dict(encoder.precision_info, precision=encoder.precision),
             "n_users_raw": n_users_raw, "world_size": world, "semantic": semantic}
     return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, lm_forward_calls, full_ranking, info)
 
@@ -477,6 +478,7 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str,
         "config": {k: v for k, v in config.final_config_dict.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
         "timings_s": run.timer.seconds,
         "lm_forward_calls": run.lm_forward_calls,
+        "lm_precision": run.info.get("lm_precision"),
         "n_users": run.sequences.n_users,
         "n_users_filtered": None if n_raw is None else int(n_raw - run.sequences.n_users),
         "n_interactions": int(len(run.sequences.items)),

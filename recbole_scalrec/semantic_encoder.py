@@ -264,7 +264,8 @@ class SemanticEncoder:
         self._packed = _PackedBert.build(self.model) if packed else None
         self.precision, self.precision_info = "fp32", {"requested": str(precision)}
         self.precision, self.precision_info = resolve_precision(self, str(precision or "fp32").lower())
-        self.precision_info["probe_forward_calls"] = self.forward_calls
+        if self.precision_info["requested"] == "auto":
+            self.precision_info["probe_forward_calls"] = self.forward_calls
         self.forward_calls = 0  # ``forward_calls`` counts the passes over the caller's texts only
         if self.precision == "int8":
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -35,6 +35,7 @@ def test_results_json_schema(tiny_run):
         assert key in payload
     assert payload["dataset"] == "tiny" and payload["model"] == "SASRec" and payload["candidate_size"] == 10
     assert isinstance(payload["lm_forward_calls"], int) and payload["lm_forward_calls"] > 0
+    assert payload["lm_precision"] == {"requested": "fp32", "precision": "fp32"}
     seen = set()
     for row in payload["results"]:
         assert row["split"] in ("valid", "test") and row["setting"] in ("S1", "S2") and row["gap"] in (0, 5, 10, 20)
