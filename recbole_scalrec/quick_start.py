@@ -330,7 +330,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                      "encoder": encoder.fingerprint, "abstract": builder.settings()}
         cache = SemanticCache(os.path.join(config["semantic_cache_dir"], config["dataset"]), cache_key)
         h = cache.get_or_compute(prefixes["all"], builder.build, encoder, chunk_size=config["semantic_chunk_size"] or 2048,
-                                 show_progress=distributed.is_main(), rank=rank, world_size=world,
+                                 show_progress=distributed.is_main() and bool(config["show_progress"]), rank=rank, world_size=world,
                                  barrier=distributed.barrier if world > 1 else None)
         semantic = PrefixTable(prefixes["all"], h)
         lm_forward_calls = int(distributed.all_reduce_sum(encoder.forward_calls))

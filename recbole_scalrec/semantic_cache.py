@@ -240,7 +240,7 @@ class SemanticCache:
         if show_progress and len(missing_pos):
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(missing_pos), desc=f"semantic cache (rank {rank})", unit="text")
+            bar = tqdm(total=len(missing_pos), desc=f"semantic cache (rank {rank})", unit="text", disable=None)
         try:
             for s in range(0, len(missing_pos), chunk_size):
                 pos = missing_pos[s:s + chunk_size]

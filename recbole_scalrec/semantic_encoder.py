@@ -372,7 +372,7 @@ class SemanticEncoder:
         if show_progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(texts), desc="LM encode", unit="text")
+            bar = tqdm(total=len(texts), desc="LM encode", unit="text", disable=None)
         try:
             with torch.inference_mode(), self._autocast():
                 for idx in batches:

@@ -172,7 +172,7 @@ class CalibrationTrainer:
         if cfg["show_progress"] and heads:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg["stage2_epochs"], desc="stage 2", unit="epoch", leave=False)
+            bar = tqdm(total=cfg["stage2_epochs"], desc="stage 2", unit="epoch", leave=False, disable=None)
         try:
             for epoch in range(cfg["stage2_epochs"]):
                 active = [p for p in progress.values() if p.active]

@@ -130,7 +130,7 @@ class FusionTrainer:
         if self.config["show_progress"] and rank == 0:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="stage 1", unit="batch", leave=False)
+            starts = tqdm(starts, desc="stage 1", unit="batch", leave=False, disable=None)
         for lo in starts:
             batch = order[lo : lo + bs]
             mine, weight = batch[rank::world], 1.0
