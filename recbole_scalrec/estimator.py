@@ -62,16 +62,21 @@ def mismatch(req, item_table: torch.Tensor, fusion_weight: float, tau: float) ->
     return kl_div(teacher, stale)
 
 
+MISMATCH_EPS = 1e-6  # mismatches below this are float noise of identical distributions (Delta = 0)
+
+
 def reliability_target(m: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    """Eq. 18 with a scale: ``y = exp(-m / m0)``; ``m0 = 1`` is the paper's literal ``exp(-m)``."""
-    return torch.exp(-m / scale)
+    """Eq. 18 with a scale: ``y = exp(-m / m0)``; ``m0 = 1`` is the paper's literal ``exp(-m)``.
+    A mismatch under :data:`MISMATCH_EPS` counts as none (``y = 1``), so ``y`` stays in (0, 1]."""
+    return torch.exp(-torch.where(m > MISMATCH_EPS, m, torch.zeros_like(m)) / scale)
 
 
 def fit_target_scale(m: torch.Tensor, mode: str | float) -> float:
-    """``m0`` from the mismatches of training requests: ``median`` (so half the targets lie below
-    ``exp(-1)``), or a positive number taken as it is."""
+    """``m0`` from the mismatches of training requests: ``median`` of those above
+    :data:`MISMATCH_EPS` (so half the stale requests get a target below ``exp(-1)``; 1 when none
+    is), or a positive number taken as it is."""
     if isinstance(mode, str) and mode.lower() == "median":
-        positive = m[m > 0]
+        positive = m[m > MISMATCH_EPS]
         return float(positive.median()) if len(positive) else 1.0
     try:
         value = float(mode)

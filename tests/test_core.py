@@ -191,6 +191,8 @@ def test_reliability_target_scale():
     y = reliability_target(m, 0.03)
     assert y[0] == 1.0 and torch.isclose(y[4], torch.exp(torch.tensor(-1.0)))
     assert torch.allclose(reliability_target(m, 1.0), torch.exp(-m))  # the paper's literal exp(-m)
+    noise = torch.tensor([-1e-8, 1e-8, 0.0])  # KL of equal distributions in float arithmetic
+    assert torch.equal(reliability_target(noise, 1e-7), torch.ones(3)) and fit_target_scale(noise, "median") == 1.0
     for bad in ("mean", -1.0, 0):
         with pytest.raises(ValueError, match="reliability_target_scale"):
             fit_target_scale(m, bad)
