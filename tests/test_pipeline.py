@@ -200,3 +200,21 @@ def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
                        and r["setting"] == "S2" and r["method"] == "scalrec" and r["gap"] in SWEEP_GAPS])
     assert row["scalrec_ndcg@10"] == pytest.approx(by_hand)
     assert mean_over_gaps(saved["results"], "cached_fusion", "ndcg@10") == pytest.approx(row["cached_fusion_ndcg@10"])
+
+
+def test_sweep_merges_seeds_and_draws_one_panel_per_key(tmp_path):
+    from recbole_scalrec.sweep import draw_sweeps, merge_seeds
+
+    def row(value, seed):
+        return {"correction_radius": value, "scalrec_ndcg@10": 0.1 * value + seed, "scalrec_hit@10": 0.2,
+                "cached_fusion_ndcg@10": 0.05, "fresh_fusion_ndcg@10": 0.07}
+
+    rows = merge_seeds("correction_radius", {1: [row(0.1, 1), row(1.0, 1)], 3: [row(0.1, 3), row(1.0, 3)]})
+    assert [r["correction_radius"] for r in rows] == [0.1, 1.0] and rows[0]["seeds"] == [1, 3]
+    assert rows[1]["scalrec_ndcg@10"] == pytest.approx(2.1) and rows[1]["scalrec_ndcg@10_std"] == pytest.approx(1.0)
+    assert rows[0]["per_seed"]["3"]["scalrec_ndcg@10"] == pytest.approx(3.01)
+    (tmp_path / "sweep-correction_radius.json").write_text(json.dumps(rows))
+    with pytest.raises(FileNotFoundError):
+        draw_sweeps(str(tmp_path / "nothing"), str(tmp_path / "x.png"))
+    assert draw_sweeps(str(tmp_path), str(tmp_path / "fig.png")) == ["correction_radius"]
+    assert (tmp_path / "fig.png").stat().st_size > 0
