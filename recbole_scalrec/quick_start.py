@@ -44,6 +44,7 @@ from recbole_scalrec.fusion import FusionModel
 from recbole_scalrec.item_init import ITEM_INIT_MODES, lm_initialise_items
 from recbole_scalrec.diagnostics import format_internals
 from recbole_scalrec.methods import FIXED_METHODS, REPAIR_SUFFIX, build_head
+from recbole_scalrec.model.structure_encoder import backbone_dataset, check_backbone
 from recbole_scalrec.protocol import evaluate_staleness
 from recbole_scalrec.results import write_results
 from recbole_scalrec.semantic_cache import SemanticCache
@@ -288,6 +289,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     precompute and stage 1; ranks other than 0 return None after stage 1.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_backbone(config["model"])  # before any data or LM work
     rank, world = distributed.rank_and_world()
     if world > 1:  # RecBole's own distributed set-up is bypassed (see distributed.py)
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -337,7 +339,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
 
     # --- stage 1: fusion backbone on fresh semantics ---------------------------------------
     init_seed(config["seed"], config["reproducibility"])  # the same initial weights whatever ran before
-    backbone = get_model(config["model"])(config, data).to(device)
+    backbone = get_model(config["model"])(config, backbone_dataset(config["model"], config, data)).to(device)
     fusion = FusionModel(backbone, encoder.dim, config["fusion_weight"], config["projection_hidden_size"],
                          config["projection_dropout"], conditioning=config["semantic_conditioning"] or "none").to(device)
     key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
@@ -452,6 +454,8 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
         config_dict: overrides (highest priority).
         saved: write the results files and the stage-1 checkpoint.
     """
+    if isinstance(model, str):
+        check_backbone(model)  # before RecBole's Config, which rejects some models with a bare traceback
     if not distributed.rank_and_world()[1] > 1:
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
         spec = distributed.spec_from_config(config)

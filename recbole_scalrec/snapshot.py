@@ -66,7 +66,8 @@ class PrefixStates:
         for lo in range(0, len(ids), batch_size):
             batch = torch.as_tensor(ids[lo : lo + batch_size])
             seq, length = sequences.gather_sequences(batch, max_len)
-            zs = model.structure(seq.to(device), length.to(device))
+            users = sequences.prefix_users(ids[lo : lo + batch_size]).to(device) if model.needs_user else None
+            zs = model.structure(seq.to(device), length.to(device), users)
             ze = model.semantic(h[lo : lo + batch_size].to(device))
             cands.append(retrieve_candidates(model.full_scores(zs, ze), candidate_size).cpu())
             z_str.append(zs.cpu())

@@ -166,6 +166,10 @@ class UserSequences:
         ends = np.searchsorted(users, users, side="right") - 1
         return prefix_ids[ends - np.arange(len(prefix_ids)) < k]
 
+    def prefix_users(self, prefix_ids) -> torch.Tensor:
+        """Internal (RecBole) user id of each prefix, for backbones that read the user."""
+        return torch.as_tensor(self.users[self.user_of(np.asarray(prefix_ids, dtype=np.int64))], dtype=torch.long)
+
     def targets(self, prefix_ids: np.ndarray) -> np.ndarray:
         """Next item after each prefix."""
         return self.items[prefix_ids + 1]
