@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 
 SWEEP_GAPS = (5, 10, 20)
-SWEPT_KEYS = ("correction_radius", "kd_temperature", "lambda_rel", "lambda_reg")
+SWEPT_KEYS = ("correction_radius", "kd_temperature", "lambda_rel", "lambda_reg")  # the paper's Fig. 4
+# stage-2 choices whose defaults are picked on validation (the ``valid_`` figures of a sweep)
+CHOICE_KEYS = ("stage2_batch_size", "stage2_stopping_step", "stage2_epochs", "stage2_learning_rate", "stage2_requests",
+               "stage2_latest_per_user", "reliability_target_scale", "correction_shrink", "estimator_hidden_size")
 
 
 def mean_over_gaps(results: list[dict], method: str, metric: str, split: str = "test", setting: str = "S2") -> float:
@@ -55,6 +58,8 @@ def run_sweep(param: str, values: list[Any], model: str, dataset: str, seed: int
             "scalrec_hit@10": mean_over_gaps(res, "scalrec", "hit@10"),
             "cached_fusion_ndcg@10": mean_over_gaps(res, "cached_fusion", "ndcg@10"),
             "fresh_fusion_ndcg@10": mean_over_gaps(res, "fresh_fusion", "ndcg@10"),
+            "valid_scalrec_ndcg@10": mean_over_gaps(res, "scalrec", "ndcg@10", split="valid"),
+            "valid_cached_fusion_ndcg@10": mean_over_gaps(res, "cached_fusion", "ndcg@10", split="valid"),
             "stage2_s": summary["timings_s"].get("stage2"),
             "stage1_checkpoint": summary["stage1"].get("checkpoint"),
         })
@@ -67,7 +72,8 @@ def merge_seeds(param: str, per_seed: dict[int, list[dict]]) -> list[dict]:
     rows = []
     for k, first in enumerate(per_seed[seeds[0]]):
         row = {param: first[param], "seeds": seeds}
-        for name in ("scalrec_ndcg@10", "scalrec_hit@10", "cached_fusion_ndcg@10", "fresh_fusion_ndcg@10"):
+        for name in ("scalrec_ndcg@10", "scalrec_hit@10", "cached_fusion_ndcg@10", "fresh_fusion_ndcg@10",
+                     "valid_scalrec_ndcg@10", "valid_cached_fusion_ndcg@10"):
             values = [per_seed[s][k][name] for s in seeds]
             row[name] = float(np.mean(values))
             row[name.replace("@10", "@10_std")] = float(np.std(values))
@@ -109,19 +115,19 @@ def draw_sweeps(folder: str, path: str) -> list[str]:
     return params
 
 
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def _value(text: str) -> Any:
+    """A command-line value as RecBole reads one (number, bool, string)."""
+    from recbole_scalrec.config.configurator import _convert_value
+
+    return _convert_value(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     from recbole_scalrec.config.configurator import parse_cli_overrides
 
     parser = argparse.ArgumentParser(prog="python -m recbole_scalrec.sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--param", choices=SWEPT_KEYS)
-    parser.add_argument("--values", nargs="+", type=_number)
+    parser.add_argument("--param", choices=SWEPT_KEYS + CHOICE_KEYS)
+    parser.add_argument("--values", nargs="+", type=_value)
     parser.add_argument("--model", default="SASRec")
     parser.add_argument("--dataset", default="foursquare")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -145,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {seed: run_sweep(args.param, args.values, args.model, args.dataset, seed, args.out, overrides,
                                 args.stage1_checkpoint) for seed in seeds}
     rows = merge_seeds(args.param, per_seed)
-    header = f"| {args.param} | SCaLRec NDCG@10 | SCaLRec HR@10 | cached fusion NDCG@10 | fresh fusion NDCG@10 |"
-    lines = [f"Test, S2, mean over gaps {list(SWEEP_GAPS)}; {args.dataset}, {args.model}, seeds {seeds} (mean ± std).", "",
-             header, "|---|---|---|---|---|"]
-    lines += [f"| {r[args.param]} | {r['scalrec_ndcg@10']:.4f} ± {r['scalrec_ndcg@10_std']:.4f} | "
+    header = (f"| {args.param} | valid SCaLRec NDCG@10 | valid cached | SCaLRec NDCG@10 | SCaLRec HR@10 | "
+              f"cached fusion NDCG@10 | fresh fusion NDCG@10 |")
+    lines = [f"S2, mean over gaps {list(SWEEP_GAPS)}; {args.dataset}, {args.model}, seeds {seeds} (mean ± std); test "
+             f"unless marked valid (choose on valid).", "", header, "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r[args.param]} | {r['valid_scalrec_ndcg@10']:.4f} | {r['valid_cached_fusion_ndcg@10']:.4f} | "
+              f"{r['scalrec_ndcg@10']:.4f} ± {r['scalrec_ndcg@10_std']:.4f} | "
               f"{r['scalrec_hit@10']:.4f} ± {r['scalrec_hit@10_std']:.4f} | {r['cached_fusion_ndcg@10']:.4f} | "
               f"{r['fresh_fusion_ndcg@10']:.4f} |" for r in rows]
     folder = os.path.join(args.out, f"{args.dataset}-{args.model}")

@@ -191,6 +191,9 @@ def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
                      overrides, stage1_checkpoint=str(root / "out" / "stage1.pth"))
     (row,) = rows
     assert row["correction_radius"] == 0.05 and row["stage1_checkpoint"] == "reused"
+    assert row["valid_scalrec_ndcg@10"] == pytest.approx(mean_over_gaps(json.loads(
+        (tmp_path / "sweeps" / f"tiny-SASRec-seed{result['seed']}" / "correction_radius=0.05" / "results.json").read_text()
+    )["results"], "scalrec", "ndcg@10", split="valid"))
     run_dir = tmp_path / "sweeps" / f"tiny-SASRec-seed{result['seed']}" / "correction_radius=0.05"
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["config"]["correction_radius"] == 0.05
@@ -207,7 +210,8 @@ def test_sweep_merges_seeds_and_draws_one_panel_per_key(tmp_path):
 
     def row(value, seed):
         return {"correction_radius": value, "scalrec_ndcg@10": 0.1 * value + seed, "scalrec_hit@10": 0.2,
-                "cached_fusion_ndcg@10": 0.05, "fresh_fusion_ndcg@10": 0.07}
+                "cached_fusion_ndcg@10": 0.05, "fresh_fusion_ndcg@10": 0.07, "valid_scalrec_ndcg@10": 0.06,
+                "valid_cached_fusion_ndcg@10": 0.05}
 
     rows = merge_seeds("correction_radius", {1: [row(0.1, 1), row(1.0, 1)], 3: [row(0.1, 3), row(1.0, 3)]})
     assert [r["correction_radius"] for r in rows] == [0.1, 1.0] and rows[0]["seeds"] == [1, 3]
