@@ -3,7 +3,7 @@
     python benchmarks/semantic_value.py --dataset redial --model SASRec --seeds 2020 2021 2022
         [--epochs N] [--train-prefixes all|encoded] [--item-init lm|random]
         [--conditioning none|center|whiten] [--missing-semantics latest|structure_only]
-        [--fusion-weight LAMBDA] [--fused-only] [--seed-dir DIR]
+        [--fusion-weight LAMBDA] [--lm-precision auto|fp32|bf16|int8] [--fused-only] [--seed-dir DIR]
 
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
@@ -65,6 +65,8 @@ def overrides(args, seed: int, workdir: str) -> dict:
         cfg["epochs"] = args.epochs
     if args.fusion_weight is not None:
         cfg["fusion_weight"] = args.fusion_weight
+    if args.lm_precision is not None:
+        cfg["lm_precision"] = args.lm_precision
     return cfg
 
 
@@ -189,7 +191,8 @@ def one_seed(args, seed: int, workdir: str) -> dict:
 def lever_args(args) -> dict:
     """The flags that change a seed's result (what a stored seed must match)."""
     keys = ("dataset", "model", "epochs", "train_prefixes", "item_init", "conditioning", "missing_semantics", "fused_only")
-    return {k: getattr(args, k) for k in keys + (("fusion_weight",) if args.fusion_weight is not None else ())}
+    optional = tuple(k for k in ("fusion_weight", "lm_precision") if getattr(args, k) is not None)
+    return {k: getattr(args, k) for k in keys + optional}
 
 
 def save_seed(path: str, args, result: dict) -> None:
@@ -245,6 +248,8 @@ def main() -> None:
     parser.add_argument("--conditioning", default="whiten", choices=["none", "center", "whiten"])
     parser.add_argument("--missing-semantics", default="latest", choices=["latest", "structure_only"])
     parser.add_argument("--fusion-weight", type=float, default=None, help="lambda of Eq. 4 (default: the yaml's)")
+    parser.add_argument("--lm-precision", default=None, choices=["auto", "fp32", "bf16", "int8"],
+                        help="the LM's precision (default: the yaml's); records made before lm_precision existed are fp32")
     parser.add_argument("--fused-only", action="store_true", help="skip the stock and structure-only baselines")
     parser.add_argument("--seed-dir", default=None, help="keep each finished seed in DIR/seed-<seed>.json and reuse it")
     args = parser.parse_args()
@@ -263,7 +268,8 @@ def main() -> None:
             print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in names), flush=True)
     print(f"\n{args.dataset} / {args.model}, seeds {args.seeds}; levers: train_prefixes={args.train_prefixes}, "
           f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}"
-          + (f", fusion_weight={args.fusion_weight}" if args.fusion_weight is not None else ""))
+          + (f", fusion_weight={args.fusion_weight}" if args.fusion_weight is not None else "")
+          + (f", lm_precision={args.lm_precision}" if args.lm_precision is not None else ""))
     print(f"{'model':<12}{'HR@10':>18}{'NDCG@10':>18}")
     summary = {}
     for n in names:
@@ -292,7 +298,7 @@ def main() -> None:
         "dataset": args.dataset, "model": args.model, "seeds": args.seeds,
         "levers": {"train_prefixes": args.train_prefixes, "item_init": args.item_init,
                    "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs,
-                   **({"fusion_weight": args.fusion_weight} if args.fusion_weight is not None else {})},
+                   **{k: getattr(args, k) for k in ("fusion_weight", "lm_precision") if getattr(args, k) is not None}},
         "stock_ndcg@10": summary.get("stock"), "structure_ndcg@10": summary.get("structure"),
         "fused_ndcg@10": summary["fused"],
         "fused_over_stock": summary["fused"] / summary["stock"] if "stock" in summary else None, **tests,
