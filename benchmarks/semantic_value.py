@@ -191,8 +191,9 @@ def one_seed(args, seed: int, workdir: str) -> dict:
 def lever_args(args) -> dict:
     """The flags that change a seed's result (what a stored seed must match)."""
     keys = ("dataset", "model", "epochs", "train_prefixes", "item_init", "conditioning", "missing_semantics", "fused_only")
-    optional = tuple(k for k in ("fusion_weight", "lm_precision") if getattr(args, k) is not None)
-    return {k: getattr(args, k) for k in keys + optional}
+    out = {k: getattr(args, k) for k in keys + (("fusion_weight",) if args.fusion_weight is not None else ())}
+    out["lm_precision"] = args.lm_precision or "auto"  # the yaml's default
+    return out
 
 
 def save_seed(path: str, args, result: dict) -> None:
@@ -217,8 +218,11 @@ def load_seed(path: str, args) -> dict | None:
         return None
     with open(path) as f:
         stored = json.load(f)
-    if stored["args"] != lever_args(args):
-        raise SystemExit(f"{path} was made with {stored['args']}, not {lever_args(args)}: use another --seed-dir.")
+    made = dict(stored["args"])
+    made.setdefault("lm_precision", "fp32")  # seeds stored before the key existed ran the LM at fp32
+    if made != lever_args(args):
+        raise SystemExit(f"{path} was made with {made}, not {lever_args(args)}: use another --seed-dir "
+                         f"(or the flags it was made with).")
     result = stored["result"]
     for value in result.values():
         if isinstance(value, dict) and "ranks" in value:
