@@ -2,8 +2,8 @@
 
     python benchmarks/semantic_value.py --dataset redial --model SASRec --seeds 2020 2021 2022
         [--epochs N] [--train-prefixes all|encoded] [--item-init lm|random]
-        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only] [--fused-only]
-        [--seed-dir DIR]
+        [--conditioning none|center|whiten] [--missing-semantics latest|structure_only]
+        [--fusion-weight LAMBDA] [--lm-precision auto|fp32|bf16|int8] [--fused-only] [--seed-dir DIR]
 
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
@@ -21,7 +21,8 @@ test request, :func:`recbole_scalrec.protocol.full_ranking_metrics`):
 
 Then, on the candidate protocol (METHOD.md Sec. 2), fresh minus cached fusion at gaps 5, 10, 20,
 S1 and S2, relative to fresh. The flags turn each lever off (stage 1 on all prefixes, the LM item
-table, conditioned ``h``) so a run with a flag against one without shows what that lever buys.
+table, conditioned ``h``), or set the fusion weight of Eq. 4, so a run with a flag against one
+without shows what that lever buys.
 ``--fused-only`` skips (a) and (b), which no lever changes (their fields are then null).
 ``--seed-dir DIR`` writes each finished seed to ``DIR/seed-<seed>.json`` (metrics and per-user ranks)
 and reads a seed found there, made with the same flags, instead of training it again: seeds can run
@@ -62,6 +63,10 @@ def overrides(args, seed: int, workdir: str) -> dict:
            "results_dir": os.path.join(workdir, f"run-{seed}"), "checkpoint_dir": workdir, "show_progress": False}
     if args.epochs:
         cfg["epochs"] = args.epochs
+    if args.fusion_weight is not None:
+        cfg["fusion_weight"] = args.fusion_weight
+    if args.lm_precision is not None:
+        cfg["lm_precision"] = args.lm_precision
     return cfg
 
 
@@ -185,8 +190,10 @@ def one_seed(args, seed: int, workdir: str) -> dict:
 
 def lever_args(args) -> dict:
     """The flags that change a seed's result (what a stored seed must match)."""
-    return {k: getattr(args, k) for k in ("dataset", "model", "epochs", "train_prefixes", "item_init",
-                                          "conditioning", "missing_semantics", "fused_only")}
+    keys = ("dataset", "model", "epochs", "train_prefixes", "item_init", "conditioning", "missing_semantics", "fused_only")
+    out = {k: getattr(args, k) for k in keys + (("fusion_weight",) if args.fusion_weight is not None else ())}
+    out["lm_precision"] = args.lm_precision or "auto"  # the yaml's default
+    return out
 
 
 def save_seed(path: str, args, result: dict) -> None:
@@ -211,8 +218,11 @@ def load_seed(path: str, args) -> dict | None:
         return None
     with open(path) as f:
         stored = json.load(f)
-    if stored["args"] != lever_args(args):
-        raise SystemExit(f"{path} was made with {stored['args']}, not {lever_args(args)}: use another --seed-dir.")
+    made = dict(stored["args"])
+    made.setdefault("lm_precision", "fp32")  # seeds stored before the key existed ran the LM at fp32
+    if made != lever_args(args):
+        raise SystemExit(f"{path} was made with {made}, not {lever_args(args)}: use another --seed-dir "
+                         f"(or the flags it was made with).")
     result = stored["result"]
     for value in result.values():
         if isinstance(value, dict) and "ranks" in value:
@@ -241,6 +251,9 @@ def main() -> None:
     parser.add_argument("--item-init", default="lm", choices=["lm", "random"])
     parser.add_argument("--conditioning", default="whiten", choices=["none", "center", "whiten"])
     parser.add_argument("--missing-semantics", default="latest", choices=["latest", "structure_only"])
+    parser.add_argument("--fusion-weight", type=float, default=None, help="lambda of Eq. 4 (default: the yaml's)")
+    parser.add_argument("--lm-precision", default=None, choices=["auto", "fp32", "bf16", "int8"],
+                        help="the LM's precision (default: the yaml's); records made before lm_precision existed are fp32")
     parser.add_argument("--fused-only", action="store_true", help="skip the stock and structure-only baselines")
     parser.add_argument("--seed-dir", default=None, help="keep each finished seed in DIR/seed-<seed>.json and reuse it")
     args = parser.parse_args()
@@ -258,7 +271,9 @@ def main() -> None:
             s = per_seed[-1]
             print(f"seed {seed}: " + ", ".join(f"{k} {s[k]['metrics']['ndcg@10']:.4f}" for k in names), flush=True)
     print(f"\n{args.dataset} / {args.model}, seeds {args.seeds}; levers: train_prefixes={args.train_prefixes}, "
-          f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}")
+          f"item_init={args.item_init}, conditioning={args.conditioning}, missing_semantics={args.missing_semantics}"
+          + (f", fusion_weight={args.fusion_weight}" if args.fusion_weight is not None else "")
+          + (f", lm_precision={args.lm_precision}" if args.lm_precision is not None else ""))
     print(f"{'model':<12}{'HR@10':>18}{'NDCG@10':>18}")
     summary = {}
     for n in names:
@@ -286,7 +301,8 @@ def main() -> None:
     print(json.dumps({
         "dataset": args.dataset, "model": args.model, "seeds": args.seeds,
         "levers": {"train_prefixes": args.train_prefixes, "item_init": args.item_init,
-                   "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs},
+                   "conditioning": args.conditioning, "missing_semantics": args.missing_semantics, "epochs": args.epochs,
+                   **{k: getattr(args, k) for k in ("fusion_weight", "lm_precision") if getattr(args, k) is not None}},
         "stock_ndcg@10": summary.get("stock"), "structure_ndcg@10": summary.get("structure"),
         "fused_ndcg@10": summary["fused"],
         "fused_over_stock": summary["fused"] / summary["stock"] if "stock" in summary else None, **tests,

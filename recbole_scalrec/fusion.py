@@ -113,17 +113,19 @@ class SemanticConditioner(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """A RecBole sequential backbone ``f_theta`` plus ``g_omega`` (stage 1, METHOD.md Sec. 6)."""
+    """A RecBole sequential backbone ``f_theta`` plus ``g_omega`` (stage 1, METHOD.md Sec. 6).
+
+    The backbone is called through :class:`~recbole_scalrec.model.structure_encoder.StructureEncoder`,
+    whatever its calling convention; a model that cannot serve is refused with the reason.
+    """
 
     def __init__(self, backbone: nn.Module, lm_dim: int, fusion_weight: float = 0.5, hidden: int = 256, dropout: float = 0.2,
                  conditioning: str = "none") -> None:
+        from recbole_scalrec.model.structure_encoder import StructureEncoder
+
         super().__init__()
-        if not isinstance(getattr(backbone, "item_embedding", None), nn.Embedding):
-            raise TypeError(
-                f"{type(backbone).__name__} has no nn.Embedding `item_embedding`: the fusion scores items with the "
-                f"backbone's item table. Use a RecBole sequential model that scores by <z, item_embedding>."
-            )
         self.backbone = backbone
+        self.encoder = StructureEncoder(backbone)  # a plain object: the parameters stay the backbone's
         self.fusion_weight = fusion_weight
         dim = backbone.item_embedding.embedding_dim
         self.conditioner = SemanticConditioner(lm_dim, conditioning)
@@ -131,11 +133,16 @@ class FusionModel(nn.Module):
 
     @property
     def item_table(self) -> torch.Tensor:
-        return self.backbone.item_embedding.weight
+        return self.encoder.item_table
 
-    def structure(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
-        """``z_str(t) = f_theta(S_{<=t})``."""
-        z = self.backbone(item_seq, item_seq_len)
+    @property
+    def needs_user(self) -> bool:
+        """Whether the backbone reads the user of each prefix (Caser, HGN, ...)."""
+        return self.encoder.needs_user
+
+    def structure(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """``z_str(t) = f_theta(S_{<=t})`` (``user``: the internal user id of each prefix)."""
+        z = self.encoder(item_seq, item_seq_len, user)
         if z.dim() != 2 or z.shape[1] != self.item_table.shape[1]:
             raise ValueError(
                 f"{type(self.backbone).__name__}.forward returned shape {tuple(z.shape)}; the fusion needs "

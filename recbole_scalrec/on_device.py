@@ -8,10 +8,11 @@ whole request runs as one ``numba``-compiled function without temporaries:
 * the cues (Eq. 10, same columns as :func:`recbole_scalrec.cues.compute_cues`, Spearman with
   average ranks for ties over the top-M candidates under the semantic score),
 * the reliability ``r`` and correction budget ``kappa = 1 - r`` (Eq. 11),
-* the proposal ``u`` and the bounded correction (Eqs. 12-14),
+* the proposal ``u``, the bounded correction (Eqs. 12-14) and, where the head has one, the
+  learned shrink ``a`` (``(1 - kappa a) z_sem_hat + delta``, METHOD.md Sec. 5),
 * the Eq. 4 score of each candidate with the calibrated semantics and the top-``k`` rerank.
 
-The cue standardisation (``CueScaler``) is folded into the first layer of both MLPs, so raw cues
+The cue standardisation (``CueScaler``) is folded into the first layer of every MLP, so raw cues
 go straight in. :meth:`OnDeviceReranker.scores` matches :func:`recbole_scalrec.methods.method_scores`
 for ``scalrec`` heads (tested). Compiled code is cached on disk (``numba`` ``cache=True``), so only
 the first process ever compiles (about 2 s).
@@ -136,18 +137,20 @@ def _dense(x, w, b, relu):  # pragma: no cover - compiled
     return out
 
 
-def _pack(est, cal) -> tuple[np.ndarray, np.ndarray]:
+def _pack(est, cal, shr) -> tuple[np.ndarray, np.ndarray]:
     """All weights in one contiguous float32 buffer (one argument, one stream of reads) and the
-    layout ``[est_hidden, cal_in, cal_hidden]`` to slice it."""
+    layout ``[est_hidden, cal_in, cal_hidden, shrink_hidden]`` to slice it (the shrink reads the
+    calibrator's input)."""
     (ew1, eb1), (ew2, eb2) = est
     (cw1, cb1), (cw2, cb2) = cal
-    flat = np.concatenate([a.ravel() for a in (ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2)]).astype(np.float32)
-    return flat, np.array([ew1.shape[0], cw1.shape[1], cw1.shape[0]], dtype=np.int64)
+    (sw1, sb1), (sw2, sb2) = shr
+    flat = np.concatenate([a.ravel() for a in (ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2, sw1, sb1, sw2, sb2)])
+    return flat.astype(np.float32), np.array([ew1.shape[0], cw1.shape[1], cw1.shape[0], sw1.shape[0]], dtype=np.int64)
 
 
 @njit(cache=True, fastmath=_FAST)
 def _unpack(params, layout, n_cues, d):  # pragma: no cover - compiled
-    eh, cin, ch = layout[0], layout[1], layout[2]
+    eh, cin, ch, sh = layout[0], layout[1], layout[2], layout[3]
     o = 0
     ew1 = params[o:o + eh * n_cues].reshape((eh, n_cues))
     o += eh * n_cues
@@ -164,15 +167,24 @@ def _unpack(params, layout, n_cues, d):  # pragma: no cover - compiled
     cw2 = params[o:o + d * ch].reshape((d, ch))
     o += d * ch
     cb2 = params[o:o + d]
-    return ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2
+    o += d
+    sw1 = params[o:o + sh * cin].reshape((sh, cin))
+    o += sh * cin
+    sb1 = params[o:o + sh]
+    o += sh
+    sw2 = params[o:o + sh].reshape((1, sh))
+    o += sh
+    sb2 = params[o:o + 1]
+    return ew1, eb1, ew2, eb2, cw1, cb1, cw2, cb2, sw1, sb1, sw2, sb2
 
 
 @njit(cache=True, fastmath=_FAST)
 def _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
-                    params, layout, use_estimator, use_cues, radius, weight):  # pragma: no cover - compiled
-    """Eq. 4 scores of the candidates with ``z_sem_hat + delta`` (Eqs. 10-14), one request."""
+                    params, layout, use_estimator, use_cues, use_shrink, radius, weight):  # pragma: no cover - compiled
+    """Eq. 4 scores of the candidates with ``(1 - kappa a) z_sem_hat + delta`` (Eqs. 10-14; ``a = 0``
+    without a shrink), one request."""
     n, d = cands.shape[0], z_str.shape[0]
-    est_w1, est_b1, est_w2, est_b2, cal_w1, cal_b1, cal_w2, cal_b2 = _unpack(params, layout, _N_CUES, d)
+    est_w1, est_b1, est_w2, est_b2, cal_w1, cal_b1, cal_w2, cal_b2, s_w1, s_b1, s_w2, s_b2 = _unpack(params, layout, _N_CUES, d)
     sem = np.empty(n, dtype=np.float32)
     cues = np.empty(_N_CUES, dtype=np.float32)
     _request_cues(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m, sem, cues)
@@ -192,9 +204,13 @@ def _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, pe
         uu += u[j] * u[j]
         zz += z_sem[j] * z_sem[j]
     scale = radius * math.sqrt(zz) * kappa / max(math.sqrt(uu) + 1e-8, 1.0)  # Eq. 13
+    keep = 1.0
+    if use_shrink:  # a = sigmoid(MLP([z_sem_hat; z_str(t); c]))
+        a_logit = _dense(_dense(x, s_w1, s_b1, True), s_w2, s_b2, False)[0]
+        keep = 1.0 - kappa / (1.0 + math.exp(-a_logit))
     mixed = np.empty(d, dtype=np.float32)
-    for j in range(d):  # Eq. 4 with z_sem_hat + delta (Eq. 14)
-        mixed[j] = weight * (z_sem[j] + scale * u[j]) + (1.0 - weight) * z_str[j]
+    for j in range(d):  # Eq. 4 with (1 - kappa a) z_sem_hat + delta (Eq. 14)
+        mixed[j] = weight * (keep * z_sem[j] + scale * u[j]) + (1.0 - weight) * z_str[j]
     scores = np.empty(n, dtype=np.float32)
     for i in range(n):
         row = items[cands[i]]
@@ -207,12 +223,45 @@ def _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, pe
 
 @njit(cache=True, fastmath=_FAST)
 def _scalrec_rerank(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
-                    params, layout, use_estimator, use_cues, radius, weight, k):  # pragma: no cover - compiled
+                    params, layout, use_estimator, use_cues, use_shrink, radius, weight, k):  # pragma: no cover - compiled
     """Top-``k`` candidate ids, best first: scores and sort in one call (one dispatch per request)."""
     scores = _scalrec_scores(items, cands, z_str, z_snap, z_sem, gap, length, density, per_day, top_m,
-                             params, layout, use_estimator, use_cues, radius, weight)
+                             params, layout, use_estimator, use_cues, use_shrink, radius, weight)
     order = np.argsort(-scores, kind="mergesort")[: min(k, scores.shape[0])]
     return cands[order]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _repair(items, cands, z_str, k):  # pragma: no cover - compiled
+    """``cands`` plus the ``k`` best other items by ``<z_str, v_i>`` (padding 0 excluded), best
+    first: a running top-k by insertion, one pass over the item table (METHOD.md Sec. 10)."""
+    n_items, d = items.shape
+    held = np.zeros(n_items, dtype=np.bool_)
+    held[0] = True
+    for c in cands:
+        held[c] = True
+    k = min(k, n_items - 1 - cands.shape[0])
+    best_s = np.full(k, -np.inf, dtype=np.float32)
+    best_i = np.zeros(k, dtype=np.int64)
+    for i in range(n_items):
+        if held[i]:
+            continue
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += items[i, j] * z_str[j]
+        if k == 0 or acc <= best_s[k - 1]:
+            continue
+        pos = k - 1
+        while pos > 0 and best_s[pos - 1] < acc:
+            best_s[pos] = best_s[pos - 1]
+            best_i[pos] = best_i[pos - 1]
+            pos -= 1
+        best_s[pos] = acc
+        best_i[pos] = i
+    out = np.empty(cands.shape[0] + k, dtype=np.int64)
+    out[: cands.shape[0]] = cands
+    out[cands.shape[0]:] = best_i
+    return out
 
 
 def _f32(x) -> np.ndarray:
@@ -242,14 +291,25 @@ class OnDeviceReranker:
         cal = _mlp_layers(head.calibrator.net)
         if self.use_cues:
             cal = _fold_scaler(cal, mean, inv_std, cal[0][0].shape[1] - len(mean))
+        self.use_shrink = head.shrink is not None
+        if self.use_shrink:
+            if head.shrink.use_cues != self.use_cues:
+                raise ValueError("The on-device kernel feeds the shrink the calibrator's input; build both with the same use_cues.")
+            shr = _mlp_layers(head.shrink.net)
+            if self.use_cues:
+                shr = _fold_scaler(shr, mean, inv_std, shr[0][0].shape[1] - len(mean))
+        else:  # unused placeholder of the right shapes
+            cin = cal[0][0].shape[1]
+            shr = [(np.zeros((1, cin), np.float32), np.zeros(1, np.float32)), (np.zeros((1, 1), np.float32), np.zeros(1, np.float32))]
         self.estimator = est if self.use_estimator else None
         self.calibrator = cal
-        self.params, self.layout = _pack(est, cal)
+        self.shrink = shr if self.use_shrink else None
+        self.params, self.layout = _pack(est, cal, shr)
         self.radius = float(head.radius)
         self.weight = float(head.fusion_weight)
 
     def parameter_count(self) -> int:
-        layers = (self.estimator or []) + self.calibrator
+        layers = (self.estimator or []) + self.calibrator + (self.shrink or [])
         return int(sum(w.size + b.size for w, b in layers))
 
     def cues(self, candidates: np.ndarray, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> np.ndarray:
@@ -263,14 +323,19 @@ class OnDeviceReranker:
     def _args(self, candidates, z_str, z_str_snap, z_sem_snap, gap, length, density, per_day) -> tuple:
         return (self.items, _i64(candidates), _f32(z_str), _f32(z_str_snap), _f32(z_sem_snap), float(gap), float(length),
                 float(density), float(per_day), self.top_m, self.params, self.layout, self.use_estimator,
-                self.use_cues, self.radius, self.weight)
+                self.use_cues, self.use_shrink, self.radius, self.weight)
 
     def scores(self, candidates: np.ndarray, **request) -> np.ndarray:
-        """Eq. 4 scores of ``candidates`` with the calibrated semantics ``z_sem_hat + delta``.
+        """Eq. 4 scores of ``candidates`` with the calibrated semantics ``(1 - kappa a) z_sem_hat + delta``.
 
         ``request``: ``z_str``, ``z_str_snap``, ``z_sem_snap`` (float32 ``[d]``), ``gap``, ``length``,
         ``density``, ``per_day`` (numbers), as in :class:`recbole_scalrec.snapshot.StaleRequests`."""
         return _scalrec_scores(*self._args(candidates, **request))
+
+    def repair(self, candidates: np.ndarray, z_str, k: int = 20) -> np.ndarray:
+        """The cached candidates plus the ``k`` best items they lack by the fresh structure score
+        (as :func:`recbole_scalrec.snapshot.repair_candidates`), for the ``+repair`` methods."""
+        return _repair(self.items, _i64(candidates), _f32(z_str), int(k))
 
     def rerank(self, candidates: np.ndarray, k: int = 10, **request) -> np.ndarray:
         """Top-``k`` candidate item ids for one request, best first (one compiled call)."""

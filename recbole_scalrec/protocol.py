@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.methods import StalenessHead, method_scores, request_cues
-from recbole_scalrec.snapshot import PrefixStates, stale_requests
+from recbole_scalrec.diagnostics import adjustment_internals, changed, summarise, top_items
+from recbole_scalrec.estimator import mismatch
+from recbole_scalrec.methods import Adjustment, StalenessHead, adjusted_scores, adjustment, request_cues, split_method
+from recbole_scalrec.snapshot import PrefixStates, StaleRequests, repair_candidates, stale_requests
 
 KS = (5, 10)
 MISS = 0  # rank value of a target outside the candidate set
@@ -65,11 +67,16 @@ def evaluate_staleness(
     top_m: int = 20,
     batch_size: int = 1024,
     gap_override: np.ndarray | None = None,
+    repair_size: int = 0,
+    temperature: float = 4.0,
 ) -> list[dict]:
     """Rank every request's target under every method, gap and setting.
 
-    Returns rows ``{"setting", "gap", "method", "n_requests", "n_clamped", "metrics", "ranks"}``.
-    ``gap_override`` (per-request gaps, e.g. intermittent refresh) replaces ``gaps``.
+    Returns rows ``{"setting", "gap", "method", "n_requests", "n_clamped", "metrics", "ranks",
+    "internals"}`` (``internals``: :mod:`recbole_scalrec.diagnostics`; ``temperature`` is the
+    ``tau`` of its reliability target). ``gap_override`` (per-request gaps, e.g. intermittent
+    refresh) replaces ``gaps``. A ``<method>+repair`` method is ranked in S2 only, on the snapshot's
+    candidates repaired with ``repair_size`` fresh structure items (METHOD.md Sec. 10).
     """
     methods = list(methods)
     for head in (heads or {}).values():
@@ -79,26 +86,79 @@ def evaluate_staleness(
     for setting in settings:
         if setting not in ("S1", "S2"):
             raise ValueError(f"Unknown setting {setting!r}; eval_settings takes S1 and/or S2.")
+        here = [m for m in methods if setting == "S2" or not split_method(m)[1]]
+        if any(split_method(m)[1] for m in here) and repair_size <= 0:
+            raise ValueError("A +repair method needs repair_size > 0.")
         for gap in gap_list:
-            ranks = {m: [] for m in methods}
+            ranks = {m: [] for m in here}
+            moved = {m: [] for m in here}
+            inner = {m: {} for m in here}
             clamped = 0
             for lo in range(0, len(prefix_ids), batch_size):
                 batch = prefix_ids[lo : lo + batch_size]
                 g = gap_override[lo : lo + batch_size] if gap_override is not None else gap
-                req = stale_requests(states, sequences, batch, g, s2=setting == "S2")
-                clamped += int(req.clamped.sum())
-                cues = request_cues(req, item_table, top_m) if heads else None
-                for m in methods:
-                    scores = method_scores(m, req, item_table, fusion_weight, heads, cues)
+                plain = stale_requests(states, sequences, batch, g, s2=setting == "S2")
+                clamped += int(plain.clamped.sum())
+                views = _RequestViews(plain, item_table, top_m, repair_size, fusion_weight, temperature, bool(heads))
+                reference = top_items(views.scores("cached_fusion", False, fusion_weight, heads), plain.candidates)
+                for m in here:
+                    base, repaired = split_method(m)
+                    req = views.request(repaired)
+                    scores = views.scores(base, repaired, fusion_weight, heads)
                     ranks[m].append(target_ranks(scores, req.candidates, req.targets).numpy())
-            for m in methods:
+                    moved[m].append(changed(top_items(scores, req.candidates), reference).numpy())
+                    if heads and base in heads:
+                        adj = views.adjustment(base, repaired, fusion_weight, heads)
+                        values = adjustment_internals(adj, req.z_sem_snap, views.mismatch(repaired),
+                                                      float(heads[base].target_scale))
+                        for name, v in values.items():
+                            inner[m].setdefault(name, []).append(v)
+            for m in here:
                 r = np.concatenate(ranks[m]) if ranks[m] else np.zeros(0, dtype=np.int64)
+                internals = {"changed_top10": float(np.concatenate(moved[m]).mean()) if moved[m] else 0.0}
+                internals.update({name: summarise(np.concatenate(v)) for name, v in inner[m].items()})
                 rows.append({"setting": setting, "gap": gap, "method": m, "n_requests": int(len(r)),
-                             "n_clamped": clamped, "metrics": metrics_from_ranks(r), "ranks": r})
+                             "n_clamped": clamped, "metrics": metrics_from_ranks(r), "ranks": r, "internals": internals})
     return rows
 
 
-def mean_ndcg10(rows: list[dict], method: str) -> float:
-    """Model-selection score: NDCG@10 of ``method`` averaged over the rows' gaps and settings."""
-    values = [r["metrics"]["ndcg@10"] for r in rows if r["method"] == method]
+class _RequestViews:
+    """One request batch as the methods see it: plain or repaired (built on first use), with the
+    cues, adjustments and mismatches of each computed once."""
+
+    def __init__(self, plain: StaleRequests, item_table: torch.Tensor, top_m: int, repair_size: int,
+                 fusion_weight: float, temperature: float, with_cues: bool) -> None:
+        self.plain, self.item_table, self.top_m, self.repair_size = plain, item_table, top_m, repair_size
+        self.fusion_weight, self.temperature, self.with_cues = fusion_weight, temperature, with_cues
+        self._req, self._cues, self._adj, self._m = {False: plain}, {}, {}, {}
+
+    def request(self, repaired: bool) -> StaleRequests:
+        if repaired not in self._req:
+            self._req[repaired] = repair_candidates(self.plain, self.item_table, self.repair_size)
+        return self._req[repaired]
+
+    def cues(self, repaired: bool) -> torch.Tensor | None:
+        if repaired not in self._cues:
+            self._cues[repaired] = request_cues(self.request(repaired), self.item_table, self.top_m) if self.with_cues else None
+        return self._cues[repaired]
+
+    def adjustment(self, base: str, repaired: bool, fusion_weight: float, heads) -> Adjustment:
+        key = (base, repaired)
+        if key not in self._adj:
+            self._adj[key] = adjustment(base, self.request(repaired), fusion_weight, heads, self.cues(repaired))
+        return self._adj[key]
+
+    def scores(self, base: str, repaired: bool, fusion_weight: float, heads) -> torch.Tensor:
+        return adjusted_scores(self.adjustment(base, repaired, fusion_weight, heads), self.request(repaired), self.item_table)
+
+    def mismatch(self, repaired: bool) -> torch.Tensor:
+        if repaired not in self._m:
+            self._m[repaired] = mismatch(self.request(repaired), self.item_table, self.fusion_weight, self.temperature)
+        return self._m[repaired]
+
+
+def mean_ndcg10(rows: list[dict], method: str, min_gap: int = 0) -> float:
+    """Model-selection score: NDCG@10 of ``method`` averaged over the rows' settings and gaps of at
+    least ``min_gap`` (stage 2 selects over gaps > 0: at gap 0 doing nothing is best)."""
+    values = [r["metrics"]["ndcg@10"] for r in rows if r["method"] == method and (r["gap"] is None or r["gap"] >= min_gap)]
     return float(np.mean(values)) if values else -math.inf

@@ -42,7 +42,9 @@ from recbole_scalrec.data.prepare import ensure_prepared
 from recbole_scalrec.data.sequences import UserSequences, raw_user_count
 from recbole_scalrec.fusion import FusionModel
 from recbole_scalrec.item_init import ITEM_INIT_MODES, lm_initialise_items
-from recbole_scalrec.methods import FIXED_METHODS, build_head
+from recbole_scalrec.diagnostics import format_internals
+from recbole_scalrec.methods import FIXED_METHODS, REPAIR_SUFFIX, build_head
+from recbole_scalrec.model.structure_encoder import backbone_dataset, check_backbone
 from recbole_scalrec.protocol import evaluate_staleness
 from recbole_scalrec.results import write_results
 from recbole_scalrec.semantic_cache import SemanticCache
@@ -92,9 +94,19 @@ def load_dataset(config):
     return getattr(module, name)(config)
 
 
+STAGE2_REQUESTS = ("grid", "latest", "holdout")
+
+
 def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
     """Every prefix whose semantics the run needs: thinned training prefixes, their
-    stage-2 snapshots, and each user's valid/test request with its snapshots at every gap."""
+    stage-2 snapshots, and each user's valid/test request with its snapshots at every gap.
+
+    Stage 2 draws its requests (``stage2_requests``) from the encoding grid: all of it (``grid``),
+    each user's ``stage2_latest_per_user`` latest grid prefixes (``latest``: the requests nearest in
+    time and length to the evaluated ones), or those same prefixes held out of stage 1
+    (``holdout``: the teacher has not fitted them, as on a new request). The grid's snapshots at
+    every stage-2 gap are listed, so neither choice encodes anything more.
+    """
     train = sequences.thin_train_prefixes(config["semantic_train_stride"])
     valid, test = sequences.eval_prefixes("valid"), sequences.eval_prefixes("test")
     parts = [train, valid, test]
@@ -105,13 +117,18 @@ def needed_prefixes(config, sequences: UserSequences) -> dict[str, np.ndarray]:
             parts.append(sequences.shift_prefix(ids, refresh_gaps(sequences, ids, config["refresh_interval"]))[0])
     all_ids = np.unique(np.concatenate(parts))
     # stage 1 trains on every training prefix ("all"; one without its own h takes its user's latest
-    # encoded training prefix's h) or on the encoded ones only ("encoded"); stage 2 draws requests
-    # from the grid, whose snapshots at every stage-2 gap were listed above
+    # encoded training prefix's h) or on the encoded ones only ("encoded")
     mode = config["stage1_train_prefixes"] or "all"
     if mode not in TRAIN_PREFIXES:
         raise ValueError(f"stage1_train_prefixes must be one of {TRAIN_PREFIXES}, got {mode!r}.")
     stage1 = sequences.train_prefixes() if mode == "all" else np.intersect1d(all_ids, sequences.train_prefixes())
-    return {"all": all_ids, "train": stage1, "grid": train, "stage2": train, "valid": valid, "test": test}
+    requests = config["stage2_requests"] or "grid"
+    if requests not in STAGE2_REQUESTS:
+        raise ValueError(f"stage2_requests must be one of {STAGE2_REQUESTS}, got {requests!r}.")
+    stage2 = train if requests == "grid" else sequences.latest_per_user(train, int(config["stage2_latest_per_user"] or 0))
+    if requests == "holdout":
+        stage1 = np.setdiff1d(stage1, stage2)
+    return {"all": all_ids, "train": stage1, "grid": train, "stage2": stage2, "valid": valid, "test": test}
 
 
 def resolve_real_timestamps(config, sequences: UserSequences) -> bool:
@@ -202,16 +219,22 @@ STAGE1_IRRELEVANT_KEYS = frozenset({
     "estimator_hidden_size", "calibrator_hidden_size", "calibrator_use_cues", "correction_radius", "kd_temperature",
     "lambda_rel", "lambda_reg", "stage2_s2_prob", "stage2_epochs", "stage2_batch_size", "stage2_learning_rate",
     "stage2_stopping_step", "stage2_tie_tolerance", "stage2_methods", "valid_neg_sample_args", "test_neg_sample_args",
+    "correction_shrink", "reliability_target_scale", "repair_size", "repair_methods",
 })
+# the stage-2 request keys change stage 1 only when its requests are held out of stage 1
+STAGE2_REQUEST_KEYS = frozenset({"stage2_requests", "stage2_latest_per_user"})
 
 
 def stage1_key(config, semantic_key: str, n_inter: int) -> dict:
     """What the stage-1 weights depend on: every configuration key but :data:`STAGE1_IRRELEVANT_KEYS`
-    (the gaps only when stage 1 trains on the encoded prefixes, whose set they change), the
+    (the gaps only when stage 1 trains on the encoded prefixes, whose set they change; the stage-2
+    request keys only when those requests are held out of stage 1), the
     semantics' fingerprint and the interaction count."""
     skip = set(STAGE1_IRRELEVANT_KEYS)
     if (config["stage1_train_prefixes"] or "all") == "all":
         skip |= {"eval_gaps", "stage2_gaps"}
+    if (config["stage2_requests"] or "grid") != "holdout":
+        skip |= STAGE2_REQUEST_KEYS
     values = {k: v for k, v in config.final_config_dict.items() if k not in skip}
     return {"config": _plain_key(values), "semantic": semantic_key, "n_inter": n_inter}
 
@@ -266,6 +289,7 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     precompute and stage 1; ranks other than 0 return None after stage 1.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_backbone(config["model"])  # before any data or LM work
     rank, world = distributed.rank_and_world()
     if world > 1:  # RecBole's own distributed set-up is bypassed (see distributed.py)
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -308,14 +332,14 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                      "encoder": encoder.fingerprint, "abstract": builder.settings()}
         cache = SemanticCache(os.path.join(config["semantic_cache_dir"], config["dataset"]), cache_key)
         h = cache.get_or_compute(prefixes["all"], builder.build, encoder, chunk_size=config["semantic_chunk_size"] or 2048,
-                                 show_progress=distributed.is_main(), rank=rank, world_size=world,
+                                 show_progress=distributed.is_main() and bool(config["show_progress"]), rank=rank, world_size=world,
                                  barrier=distributed.barrier if world > 1 else None)
         semantic = PrefixTable(prefixes["all"], h)
         lm_forward_calls = int(distributed.all_reduce_sum(encoder.forward_calls))
 
     # --- stage 1: fusion backbone on fresh semantics ---------------------------------------
     init_seed(config["seed"], config["reproducibility"])  # the same initial weights whatever ran before
-    backbone = get_model(config["model"])(config, data).to(device)
+    backbone = get_model(config["model"])(config, backbone_dataset(config["model"], config, data)).to(device)
     fusion = FusionModel(backbone, encoder.dim, config["fusion_weight"], config["projection_hidden_size"],
                          config["projection_dropout"], conditioning=config["semantic_conditioning"] or "none").to(device)
     key_fields = stage1_key(config, _fingerprint(cache_key), len(sequences.items))
@@ -369,31 +393,44 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
                                       config["eval_batch_size"], device)
 
     # --- stage 2: estimator + calibrator (and the trained baselines) ------------------------
-    heads, stage2_info = {}, {}
+    heads = {}
     item_table = fusion.item_table.detach()
     trainer2 = CalibrationTrainer(config, states, sequences, item_table, prefixes["stage2"], prefixes["valid"])
     with timer.stage("stage2"):
         for method in config["stage2_methods"]:
             torch.manual_seed(config["seed"])  # a head's initial weights must not depend on what ran before it
-            head = build_head(method, config, item_table.shape[1]).to(device)
-            stage2_info[method] = trainer2.fit(head, method)
-            heads[method] = head
+            heads[method] = build_head(method, config, item_table.shape[1]).to(device)
+        stage2_info = trainer2.fit_all(heads)  # all heads on the same batches, one validation pass per epoch
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": getattr(cache, "stats", None),
+            "lm_precision": dict(encoder.precision_info, precision=encoder.precision),
             "n_users_raw": n_users_raw, "world_size": world, "semantic": semantic}
     return ScalRecRun(config, sequences, prefixes, fusion, states, heads, timer, lm_forward_calls, full_ranking, info)
+
+
+def run_methods(config) -> list[str]:
+    """Every method the protocol evaluates: the fixed ones, the trained heads, and the
+    ``+repair`` form of each of ``repair_methods`` that is among them (S2 only)."""
+    methods = list(FIXED_METHODS) + list(config["stage2_methods"])
+    if (config["repair_size"] or 0) > 0:
+        for m in config["repair_methods"] or []:
+            if m not in methods:
+                raise ValueError(f"repair_methods names {m!r}, which is neither a fixed method nor in stage2_methods.")
+            methods.append(m + REPAIR_SUFFIX)
+    return methods
 
 
 def evaluate_run(run: ScalRecRun) -> list[dict]:
     """The staleness protocol on valid and test: every method x gap x setting (+ intermittent refresh)."""
     config = run.config
-    methods = list(FIXED_METHODS) + list(config["stage2_methods"])
+    methods = run_methods(config)
     rows = []
     with run.timer.stage("evaluate"):
         for split in ("valid", "test"):
             ids = run.prefixes[split]
             common = dict(states=run.states, sequences=run.sequences, item_table=run.item_table, prefix_ids=ids,
                           settings=config["eval_settings"], methods=methods, fusion_weight=config["fusion_weight"],
-                          heads=run.heads, top_m=config["spearman_top_m"], batch_size=config["eval_batch_size"])
+                          heads=run.heads, top_m=config["spearman_top_m"], batch_size=config["eval_batch_size"],
+                          repair_size=int(config["repair_size"] or 0), temperature=config["kd_temperature"])
             rows += [dict(r, split=split) for r in evaluate_staleness(gaps=config["eval_gaps"], **common)]
             if config["refresh_interval"]:
                 gaps = refresh_gaps(run.sequences, ids, config["refresh_interval"])
@@ -417,6 +454,8 @@ def run_recbole_scalrec(model: str | None = None, dataset: str | None = None, co
         config_dict: overrides (highest priority).
         saved: write the results files and the stage-1 checkpoint.
     """
+    if isinstance(model, str):
+        check_backbone(model)  # before RecBole's Config, which rejects some models with a bare traceback
     if not distributed.rank_and_world()[1] > 1:
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
         spec = distributed.spec_from_config(config)
@@ -443,6 +482,7 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str,
         "config": {k: v for k, v in config.final_config_dict.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
         "timings_s": run.timer.seconds,
         "lm_forward_calls": run.lm_forward_calls,
+        "lm_precision": run.info.get("lm_precision"),
         "n_users": run.sequences.n_users,
         "n_users_filtered": None if n_raw is None else int(n_raw - run.sequences.n_users),
         "n_interactions": int(len(run.sequences.items)),
@@ -450,11 +490,14 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str,
         "world_size": run.info.get("world_size", 1),
         "full_ranking": run.full_ranking,
         "stage1": {k: v for k, v in run.info["stage1"].items() if k != "history"},
-        "stage2": {m: {k: v for k, v in i.items() if k != "history"} for m, i in run.info["stage2"].items()},
+        "stage2": run.info["stage2"],
     }
     for r in rows:
         if r["split"] == "test" and r["setting"] == "S2" and r["gap"] == 5:
             logger.info(f"test S2 gap 5 {r['method']:>22}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
+    for r in rows:  # what each head does, gap by gap
+        if r["split"] == "test" and r["gap"] is not None and len(r.get("internals", {})) > 1:
+            logger.info(f"test {r['setting']} gap {r['gap']:>2} {r['method']:>22}: {format_internals(r['internals'])}")
     if saved:
         paths = write_results(run.results_dir, summary, rows)
         logger.info(f"results written to {paths['results.json']}")

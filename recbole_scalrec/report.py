@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 DEPLOYABLE_BASELINES = ("cached_fusion", "structure_only", "semantic_only", "learned_gate", "dynamic_fusion")
-ABLATIONS = ("scalrec", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss", "scalrec_no_spearman")
+ABLATIONS = ("scalrec", "scalrec_literal", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss", "scalrec_no_spearman")
 MAIN_METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
 
 
@@ -89,7 +89,8 @@ def paired_test(runs: list[dict], baseline: str, setting="S2", gap=5) -> str:
 def gap_table(runs: list[dict], setting: str) -> list[str]:
     gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"] is not None})
     out = ["| method | " + " | ".join(f"Δ={g}" for g in gaps) + " |", "|---|" + "---|" * len(gaps)]
-    for m in methods_of(runs[0]):
+    present = {r["method"] for r in runs[0]["results"] if r["setting"] == setting}
+    for m in (m for m in methods_of(runs[0]) if m in present):  # +repair methods have S2 rows only
         out.append(f"| {m} | " + " | ".join(f"{np.mean([metric(r, 'test', setting, g, m, 'ndcg@10') for r in runs]):.4f}"
                                              for g in gaps) + " |")
     return out
@@ -197,6 +198,100 @@ def claims(runs_by_key: dict) -> list[str]:
     return out + [""]
 
 
+def internals_of(run: dict, setting: str, gap: int, method: str) -> dict:
+    for r in run["results"]:
+        if (r["split"], r["setting"], r["gap"], r["method"]) == ("test", setting, gap, method):
+            return r.get("internals") or {}
+    return {}
+
+
+def internals_table(runs: list[dict], setting: str = "S2") -> list[str]:
+    """What each trained head does, gap by gap (test, mean over seeds): the share of requests whose
+    top-10 differs from cached fusion's, and the means of ``r``, ``y`` and the correction size."""
+    gaps = sorted({r["gap"] for r in runs[0]["results"] if r["gap"] is not None})
+    methods = [m for m in methods_of(runs[0]) if len(internals_of(runs[0], setting, gaps[-1], m)) > 1]
+    if not methods:
+        return []
+    out = [f"### What the heads do ({setting}; changed top-10 share / mean r / mean y / mean ‖z_used − ẑ‖/‖ẑ‖)", "",
+           "| method | " + " | ".join(f"Δ={g}" for g in gaps) + " |", "|---|" + "---|" * len(gaps)]
+
+    def mean(method, gap, name):
+        values = []
+        for run in runs:
+            v = internals_of(run, setting, gap, method).get(name)
+            if v is not None:
+                values.append(v if isinstance(v, float) else v["mean"])
+        return f"{np.mean(values):.2f}" if values else "–"
+
+    for m in methods:
+        out.append(f"| {m} | " + " | ".join(" / ".join(mean(m, g, n) for n in ("changed_top10", "r", "y", "correction"))
+                                             for g in gaps) + " |")
+    return out + [""]
+
+
+def pooled_ndcg(runs: list[dict], method: str, setting: str, gaps) -> np.ndarray | None:
+    """Per-request NDCG@10 of ``method`` over every (seed, gap, user), in one order for every method."""
+    parts = []
+    for r in runs:
+        for g in gaps:
+            key = f"test/{setting}/{g}/{method}"
+            if key not in r["ranks"]:
+                return None
+            parts.append(ndcg10(r["ranks"][key]))
+    return np.concatenate(parts) if parts else None
+
+
+def targets(runs: list[dict]) -> list[str]:
+    """The staleness targets: recovery over Δ ∈ {5, 10, 20} (S2), SCaLRec against the better of
+    gate and dynamic fusion (paired Wilcoxon over seed × gap × user), Δ = 0 against fresh fusion,
+    epoch-0 heads, and candidate repair."""
+    have = methods_of(runs[0])
+    if "scalrec" not in have:
+        return []
+    out = ["### Staleness targets", ""]
+    fresh, cached, ours = (s2_mean(runs, m) for m in ("fresh_fusion", "cached_fusion", "scalrec"))
+    cost = (fresh - cached) / fresh if fresh else float("nan")
+    if cost >= 0.02:
+        rec = f"{(ours - cached) / (fresh - cached):.3f}"
+    else:  # the ratio is only read where staleness costs (the target's own condition)
+        rec = "not applicable, staleness costs under 2% of fresh here"
+    out.append(f"* Recovery (S2, mean over Δ ∈ {{5, 10, 20}}): {rec} (SCaLRec {ours:.4f}, cached {cached:.4f}, "
+               f"fresh {fresh:.4f}; staleness costs {100 * cost:.1f}% of fresh).")
+    s1 = {m: float(np.mean([metric(r, "test", "S1", g, m, "ndcg@10") for r in runs for g in (5, 10, 20)]))
+          for m in ("fresh_fusion", "cached_fusion", "scalrec")}
+    cost1 = (s1["fresh_fusion"] - s1["cached_fusion"]) / s1["fresh_fusion"] if s1["fresh_fusion"] else float("nan")
+    rec1 = (f"{(s1['scalrec'] - s1['cached_fusion']) / (s1['fresh_fusion'] - s1['cached_fusion']):.3f}" if cost1 >= 0.02
+            else "not applicable, staleness costs under 2% of fresh here")
+    out.append(f"* Recovery (S1, mean over Δ ∈ {{5, 10, 20}}): {rec1} (SCaLRec {s1['scalrec']:.4f}, cached "
+               f"{s1['cached_fusion']:.4f}, fresh {s1['fresh_fusion']:.4f}; staleness costs {100 * cost1:.1f}% of fresh).")
+    rivals = [m for m in ("learned_gate", "dynamic_fusion") if m in have]
+    if rivals:
+        best = max(rivals, key=lambda m: s2_mean(runs, m))
+        a, b = pooled_ndcg(runs, "scalrec", "S2", (5, 10, 20)), pooled_ndcg(runs, best, "S2", (5, 10, 20))
+        if a is not None and b is not None:
+            d = a - b
+            p = wilcoxon(a, b).pvalue if np.any(d) else 1.0
+            out.append(f"* SCaLRec against the better of gate and dynamic fusion (`{best}`, {s2_mean(runs, best):.4f}): "
+                       f"mean per-request difference {d.mean():+.4f} over {len(d)} (seed, gap, user) requests, "
+                       f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {p:.3g}.")
+    zero = [(metric(r, "test", st, 0, "scalrec", "ndcg@10"), metric(r, "test", st, 0, "fresh_fusion", "ndcg@10"))
+            for r in runs for st in ("S1", "S2")]
+    rel = [abs(o - f) / f for o, f in zero if f and not np.isnan(o)]
+    if rel:
+        out.append(f"* Δ = 0: SCaLRec within {100 * max(rel):.2f}% of fresh fusion at worst (S1 and S2, every seed).")
+    kept = [(m, info.get("best_epoch")) for r in runs for m, info in (r.get("stage2") or {}).items()]
+    kept = [(m, e) for m, e in kept if e is not None]
+    if kept:
+        zeros = [m for m, e in kept if e == 0]
+        out.append(f"* Heads that kept their epoch-0 weights: {len(zeros)} of {len(kept)} ({', '.join(sorted(set(zeros))) or 'none'}).")
+    for m in ("cached_fusion+repair", "scalrec+repair"):
+        if m in have:
+            s1_fresh = float(np.mean([metric(r, "test", "S1", g, "fresh_fusion", "ndcg@10") for r in runs for g in (5, 10, 20)]))
+            out.append(f"* `{m}` (S2, mean over Δ ∈ {{5, 10, 20}}): {s2_mean(runs, m):.4f}, against cached S2 {cached:.4f} "
+                       f"and fresh S1 {s1_fresh:.4f}.")
+    return out + [""]
+
+
 def report(runs_by_key: dict) -> str:
     out = ["# Reproduction report", "",
            "Generated by `python -m recbole_scalrec.report docs/results/*-seed*/ --figures docs/figures > docs/results_generated.md`",
@@ -217,7 +312,8 @@ def report(runs_by_key: dict) -> str:
         for setting in ("S1", "S2"):
             cells = [recovery(runs, setting, g) for g in gaps]
             out.append(f"| {setting} | " + " | ".join("n/a (fresh ≈ cached)" if np.isnan(v) else f"{v:.3f}" for v in cells) + " |")
-        out += ["", "### Ablations (S2, NDCG@10 mean over Δ ∈ {5, 10, 20})", "", "| variant | NDCG@10 |", "|---|---|"]
+        out += [""] + internals_table(runs) + targets(runs)
+        out += ["### Ablations (S2, NDCG@10 mean over Δ ∈ {5, 10, 20})", "", "| variant | NDCG@10 |", "|---|---|"]
         for m in ABLATIONS + ("learned_gate", "dynamic_fusion", "cached_fusion"):
             if m in methods_of(runs[0]):
                 out.append(f"| {m} | {np.mean([metric(r, 'test', 'S2', g, m, 'ndcg@10') for r in runs for g in (5, 10, 20)]):.4f} |")

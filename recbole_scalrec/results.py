@@ -19,8 +19,8 @@ def _atomic_write(path: str, write) -> None:
 
 def rows_for_json(rows: list[dict]) -> list[dict]:
     """Result rows without the per-request ranks (those go to ``per_request.npz``)."""
-    keep = ("split", "setting", "gap", "method", "n_requests", "n_clamped", "metrics")
-    return [{k: r[k] for k in keep} for r in rows]
+    keep = ("split", "setting", "gap", "method", "n_requests", "n_clamped", "metrics", "internals")
+    return [{k: r[k] for k in keep if k in r} for r in rows]
 
 
 def write_results(results_dir: str, summary: dict[str, Any], rows: list[dict]) -> dict[str, str]:
@@ -76,7 +76,7 @@ def markdown_report(payload: dict) -> str:
                     "| method | " + " | ".join(f"Delta={g}" for g in gaps) + " |",
                     "|---|" + "---|" * len(gaps)]
             cell = {(r["method"], r["gap"]): r["metrics"]["ndcg@10"] for r in sub}
-            for m in methods:
+            for m in (m for m in methods if any(k[0] == m for k in cell)):  # +repair methods: S2 only
                 out.append(f"| {m} | " + " | ".join(f"{cell.get((m, g), float('nan')):.4f}" for g in gaps) + " |")
             out.append("")
     if "full_ranking" in payload:

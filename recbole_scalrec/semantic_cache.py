@@ -73,7 +73,7 @@ class SemanticCache:
         self.root = Path(cache_dir).expanduser()
         self.path = self.root / digest
         self.path.mkdir(parents=True, exist_ok=True)
-        self.stats = {"hits": 0, "computed": 0, "corrupted": 0}
+        self.stats = {"hits": 0, "computed": 0, "corrupted": 0, "duplicates": 0}
         key_file = self.path / "key.json"
         if key_file.exists():
             try:
@@ -240,7 +240,7 @@ class SemanticCache:
         if show_progress and len(missing_pos):
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(missing_pos), desc=f"semantic cache (rank {rank})", unit="text")
+            bar = tqdm(total=len(missing_pos), desc=f"semantic cache (rank {rank})", unit="text", disable=None)
         try:
             for s in range(0, len(missing_pos), chunk_size):
                 pos = missing_pos[s:s + chunk_size]
@@ -248,11 +248,15 @@ class SemanticCache:
                 texts = list(texts_fn(chunk_ids))
                 if len(texts) != len(chunk_ids):
                     raise ValueError(f"texts_fn returned {len(texts)} texts for {len(chunk_ids)} ids.")
-                emb = np.asarray(encoder.encode(texts), dtype=np.float32)
-                if emb.ndim != 2 or emb.shape[0] != len(chunk_ids) or emb.shape[1] != out.shape[1]:
+                # identical texts (e.g. the same venues at the same time of day) are encoded once
+                unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+                emb = np.asarray(encoder.encode([str(t) for t in unique]), dtype=np.float32)
+                if emb.ndim != 2 or emb.shape[0] != len(unique) or emb.shape[1] != out.shape[1]:
                     raise ValueError(
-                        f"encoder returned shape {list(emb.shape)} for {len(chunk_ids)} texts (dim {out.shape[1]})."
+                        f"encoder returned shape {list(emb.shape)} for {len(unique)} texts (dim {out.shape[1]})."
                     )
+                emb = emb[inverse.reshape(-1)]
+                self.stats["duplicates"] += len(texts) - len(unique)
                 bad = ~np.isfinite(emb).all(axis=1)
                 if bad.any():
                     bad_ids = chunk_ids[bad]

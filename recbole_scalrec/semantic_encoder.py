@@ -22,15 +22,20 @@ with sentence-transformers well under 1e-5).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SemanticEncoder", "default_model_path"]
 
@@ -75,6 +80,71 @@ def _parse_normalize(value) -> Union[bool, str]:
     raise ValueError(f"lm_normalize must be True, False or 'auto', got {value!r}.")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8-dynamic"}
+PARITY_COS = 0.999  # least cosine to the fp32 vectors a lower precision must keep on the probe texts
+_PROBE_WORDS = ("coffee shop", "bar", "Midtown, Manhattan", "Williamsburg, Brooklyn", "subway station", "pizza place",
+                "gym", "office", "park", "museum", "Toy Story (1995)", "Heat (1995)", "comedy", "drama", "thriller",
+                "I loved it, something similar please", "Thursday night", "Sunday morning")
+
+
+def probe_texts(n: int = 48) -> list[str]:
+    """Fixed abstract-like texts for the precision probe (the same on every machine)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        picks = rng.choice(len(_PROBE_WORDS), size=int(rng.integers(4, 16)))
+        out.append("Recent: " + "; ".join(_PROBE_WORDS[i] for i in picks) + ". Time: Thursday night.")
+    return out
+
+
+def bf16_capable(device: torch.device) -> bool:
+    """Whether the device has bfloat16 arithmetic units (CPU: AVX512-BF16 or AMX; GPU: as torch reports)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(encoder: "SemanticEncoder", requested: str) -> tuple[str, dict]:
+    """The LM precision to use, and a record of the choice (``results.json`` / log).
+
+    ``fp32``, ``bf16`` and ``int8`` are taken as asked. ``auto`` is ``bf16`` where the device has
+    bfloat16 units (:func:`bf16_capable`) and the bf16 vectors of the probe texts keep a cosine of at
+    least :data:`PARITY_COS` to the fp32 ones, else ``fp32``. The choice follows the hardware, not
+    the probe's timing (which is measured and logged), so it is the same on every run of a machine
+    and the semantic cache key stays stable. int8 is never chosen by ``auto``: dynamic quantisation
+    of all linear layers moves MiniLM's vectors far from fp32 (mean cosine about 0.9).
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"lm_precision must be one of {', '.join(PRECISIONS)}, got {requested!r}.")
+    if requested != "auto":
+        return requested, {"requested": requested}
+    info: dict = {"requested": "auto", "bf16_units": bf16_capable(encoder.device)}
+    if not info["bf16_units"]:
+        logger.info("lm_precision auto: no bfloat16 units on this device; fp32")
+        return "fp32", info
+    texts = probe_texts()
+    timings, vectors = {}, {}
+    for precision in ("fp32", "bf16"):
+        encoder.precision = precision
+        encoder.encode(texts[:4])  # warm-up
+        start = time.perf_counter()
+        vectors[precision] = encoder.encode(texts)
+        timings[precision] = time.perf_counter() - start
+    encoder.precision = "fp32"
+    a, b = vectors["fp32"], vectors["bf16"]
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    info.update(probe_texts=len(texts), fp32_s=round(timings["fp32"], 4), bf16_s=round(timings["bf16"], 4),
+                bf16_speedup=round(timings["fp32"] / max(timings["bf16"], 1e-9), 3), bf16_min_cos=float(cos.min()))
+    choice = "bf16" if cos.min() >= PARITY_COS else "fp32"
+    logger.info(f"lm_precision auto: {choice} (probe of {len(texts)} texts: fp32 {timings['fp32']:.3f}s, bf16 "
+                f"{timings['bf16']:.3f}s, x{info['bf16_speedup']:.2f}; least cosine to fp32 {cos.min():.6f})")
+    return choice, info
+
+
 class SemanticEncoder:
     """A frozen local Hugging Face LM that maps texts to float32 vectors.
 
@@ -88,12 +158,16 @@ class SemanticEncoder:
         trust_remote_code: allow model code shipped in the folder (off unless asked).
         packed: use the padding-free, cache-blocked forward pass for BERT-family encoders (same
             numbers within 1e-6; on an idle 2-core CPU ~1.2x the padded path; other models ignore
-            it). The pipeline turns it on with ``lm_packed`` (default True).
+            it). The pipeline turns it on with ``lm_packed`` (default True). Used at fp32 only.
+        precision: ``'fp32'``, ``'bf16'`` (``torch.autocast``: matrix products in bfloat16, norms
+            and softmax in float32), ``'int8'`` (torch dynamic quantisation of the linear layers)
+            or ``'auto'`` (:func:`resolve_precision`). Key ``lm_precision``; part of the fingerprint.
 
     Attributes:
         dim: vector size.
         forward_calls: LM forward passes performed so far.
         fingerprint: stable identity of the model files and the encoding settings.
+        precision: the precision in use; ``precision_info``: how ``auto`` chose it.
     """
 
     def __init__(
@@ -106,6 +180,7 @@ class SemanticEncoder:
         device: Union[str, torch.device] = "cpu",
         trust_remote_code: bool = False,
         packed: bool = False,
+        precision: str = "fp32",
     ):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -187,6 +262,13 @@ class SemanticEncoder:
         self.model.eval().requires_grad_(False).to(self.device)
         self.dim = int(getattr(self.config, "hidden_size", 0) or self.model.get_input_embeddings().embedding_dim)
         self._packed = _PackedBert.build(self.model) if packed else None
+        self.precision, self.precision_info = "fp32", {"requested": str(precision)}
+        self.precision, self.precision_info = resolve_precision(self, str(precision or "fp32").lower())
+        if self.precision_info["requested"] == "auto":
+            self.precision_info["probe_forward_calls"] = self.forward_calls
+        self.forward_calls = 0  # ``forward_calls`` counts the passes over the caller's texts only
+        if self.precision == "int8":
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.fingerprint = self._fingerprint()
 
     # ------------------------------------------------------------------ construction helpers
@@ -212,6 +294,7 @@ class SemanticEncoder:
             device=str(device),
             trust_remote_code=bool(get("trust_remote_code", False)),
             packed=bool(get("lm_packed", False)),
+            precision=str(get("lm_precision", "fp32")),
         )
 
     @staticmethod
@@ -246,7 +329,7 @@ class SemanticEncoder:
             "normalize": self.normalize,
             "max_length": self.max_length,
             "lower_case": self._do_lower_case,
-            "dtype": "float32",
+            "dtype": _DTYPE_NAMES[self.precision],
         }
         h.update(json.dumps(settings, sort_keys=True).encode())
         return h.hexdigest()
@@ -255,7 +338,7 @@ class SemanticEncoder:
         return (
             f"SemanticEncoder({str(self.path)!r}, dim={self.dim}, pooling={self.pooling!r}, "
             f"normalize={self.normalize}, max_length={self.max_length}, batch_size={self.batch_size}, "
-            f"device={str(self.device)!r}, packed={self._packed is not None})"
+            f"device={str(self.device)!r}, packed={self._packed is not None}, precision={self.precision!r})"
         )
 
     # ------------------------------------------------------------------ encoding
@@ -289,13 +372,13 @@ class SemanticEncoder:
         if show_progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(texts), desc="LM encode", unit="text")
+            bar = tqdm(total=len(texts), desc="LM encode", unit="text", disable=None)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 for idx in batches:
                     seqs = [ids[i] for i in idx]
                     lens = lengths[idx]
-                    if self._packed is not None:
+                    if self._packed is not None and self.precision == "fp32":
                         vec = self._encode_packed(seqs, lens)
                     else:
                         vec = self._encode_padded(seqs, lens)
@@ -309,6 +392,12 @@ class SemanticEncoder:
             if bar is not None:
                 bar.close()
         return out
+
+    def _autocast(self):
+        """bf16: matrix products in bfloat16 under ``torch.autocast``; otherwise nothing."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def _encode_packed(self, seqs: list[list[int]], lens: np.ndarray) -> torch.Tensor:
         flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=self.device)

@@ -66,7 +66,8 @@ class PrefixStates:
         for lo in range(0, len(ids), batch_size):
             batch = torch.as_tensor(ids[lo : lo + batch_size])
             seq, length = sequences.gather_sequences(batch, max_len)
-            zs = model.structure(seq.to(device), length.to(device))
+            users = sequences.prefix_users(ids[lo : lo + batch_size]).to(device) if model.needs_user else None
+            zs = model.structure(seq.to(device), length.to(device), users)
             ze = model.semantic(h[lo : lo + batch_size].to(device))
             cands.append(retrieve_candidates(model.full_scores(zs, ze), candidate_size).cpu())
             z_str.append(zs.cpu())
@@ -109,6 +110,21 @@ class StaleRequests:
 
     def __len__(self) -> int:
         return len(self.prefix_ids)
+
+
+def repair_candidates(req: StaleRequests, item_table: torch.Tensor, k: int) -> StaleRequests:
+    """Candidate repair on the device (METHOD.md Sec. 10): the request's candidate set plus the
+    ``k`` best items by the fresh structure score ``<z_str(t), v_i>`` that it does not hold yet
+    (``O(|I| d)`` per request; padding item 0 never added). Everything else is unchanged."""
+    if k <= 0:
+        return req
+    scores = req.z_str @ item_table.T
+    scores[:, 0] = -torch.inf
+    scores.scatter_(1, req.candidates, -torch.inf)
+    extra = torch.topk(scores, k=min(k, scores.shape[1] - req.candidates.shape[1] - 1), dim=1).indices
+    values = {f.name: getattr(req, f.name) for f in fields(req)}
+    values["candidates"] = torch.cat([req.candidates, extra], dim=1)
+    return StaleRequests(**values)
 
 
 def refresh_gaps(sequences: UserSequences, prefix_ids: np.ndarray, interval: int) -> np.ndarray:

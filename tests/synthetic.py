@@ -52,11 +52,13 @@ def tiny_config_dict(root: str, **extra) -> dict:
         "n_heads": 1,
         "MAX_ITEM_LIST_LENGTH": 10,
         "candidate_size": 10,
+        "repair_size": 5,
         "semantic_train_stride": 1,
         "stage2_epochs": 2,
         "stage2_batch_size": 64,
         "spearman_top_m": 5,
         "lm_batch_size": 32,
+        "lm_precision": "fp32",  # the auto probe is tested on its own (test_semantic_encoder)
         "show_progress": False,
         "state": "WARNING",
     }

@@ -12,7 +12,9 @@ from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_NAMES = ["fresh_fusion", "cached_fusion", "structure_only", "semantic_only", "learned_gate", "dynamic_fusion",
-                "scalrec", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss", "scalrec_no_spearman"]
+                "scalrec", "scalrec_literal", "scalrec_no_estimator", "scalrec_no_rel_loss", "scalrec_no_reg_loss",
+                "scalrec_no_spearman"]
+REPAIR_NAMES = ["cached_fusion+repair", "scalrec+repair"]  # S2 only
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +35,27 @@ def test_results_json_schema(tiny_run):
         assert key in payload
     assert payload["dataset"] == "tiny" and payload["model"] == "SASRec" and payload["candidate_size"] == 10
     assert isinstance(payload["lm_forward_calls"], int) and payload["lm_forward_calls"] > 0
+    assert payload["lm_precision"] == {"requested": "fp32", "precision": "fp32"}
     seen = set()
     for row in payload["results"]:
         assert row["split"] in ("valid", "test") and row["setting"] in ("S1", "S2") and row["gap"] in (0, 5, 10, 20)
-        assert row["method"] in METHOD_NAMES
+        assert row["method"] in METHOD_NAMES or (row["method"] in REPAIR_NAMES and row["setting"] == "S2")
         assert set(row["metrics"]) == {"hit@5", "ndcg@5", "hit@10", "ndcg@10", "candidate_recall"}
         assert row["n_requests"] == 40 and 0 <= row["n_clamped"] <= 40
+        assert 0.0 <= row["internals"]["changed_top10"] <= 1.0
+        if row["method"] == "cached_fusion":
+            assert row["internals"]["changed_top10"] == 0.0
+        if row["method"].startswith("scalrec"):  # what the head did, recorded per row
+            for name in ("y", "r", "kappa", "correction"):
+                if name == "r" and row["method"].startswith("scalrec_no_estimator"):
+                    continue
+                q = row["internals"][name]
+                assert q["q25"] <= q["q50"] <= q["q75"] and np.isfinite(q["mean"])
         seen.add((row["split"], row["setting"], row["gap"], row["method"]))
-    assert len(seen) == 2 * 2 * 4 * len(METHOD_NAMES)
+    assert len(seen) == 2 * 2 * 4 * len(METHOD_NAMES) + 2 * 4 * len(REPAIR_NAMES)
+    kept = payload["stage2"]["scalrec"]
+    assert kept["target_scale"] > 0 and kept["n_requests"] > 0 and 0 <= kept["best_epoch"] < kept["epochs_run"]
+    assert set(kept["history"][0]["parts"]) == {"kd", "rel", "reg"}
     for name in ("per_request.npz", "results.md", "staleness_curves.png"):
         assert (root / "out" / name).stat().st_size > 0
     ranks = np.load(root / "out" / "per_request.npz")
@@ -54,6 +69,8 @@ def test_methods_share_candidates_and_staleness_hurts_only_when_stale(tiny_run):
         for gap in (0, 5, 10, 20):
             recalls = {rows[("test", setting, gap, m)]["candidate_recall"] for m in METHOD_NAMES}
             assert len(recalls) == 1  # one candidate set per request, whatever the method
+        # repair only adds candidates: recall can only grow over the snapshot's set
+        assert rows[("test", "S2", gap, "cached_fusion+repair")]["candidate_recall"] >= rows[("test", "S2", gap, "cached_fusion")]["candidate_recall"]
     # at gap 0 the snapshot is the present: cached fusion is fresh fusion
     assert rows[("test", "S2", 0, "cached_fusion")] == rows[("test", "S2", 0, "fresh_fusion")]
     # in S1 the fresh upper bound does not depend on the gap
@@ -88,7 +105,8 @@ def test_zero_gap_gives_reliability_near_one_and_small_correction(tmp_path):
         adj = head.adjust(req, request_cues(req, run.item_table, cfg["spearman_top_m"]))
     assert adj.reliability.mean() > 0.9
     rel_change = (adj.z_sem - req.z_sem_snap).norm(dim=-1) / req.z_sem_snap.norm(dim=-1)
-    assert rel_change.max() <= 0.2 * (1 - adj.reliability.min()) + 1e-6
+    # the shrink moves it by kappa * a * ||z_sem_hat|| at most, the correction by rho * kappa * ||z_sem_hat||
+    assert torch.all(rel_change <= (adj.shrink + 0.2) * adj.kappa + 1e-6)
     assert rel_change.mean() < 0.02
 
 
@@ -173,6 +191,9 @@ def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
                      overrides, stage1_checkpoint=str(root / "out" / "stage1.pth"))
     (row,) = rows
     assert row["correction_radius"] == 0.05 and row["stage1_checkpoint"] == "reused"
+    assert row["valid_scalrec_ndcg@10"] == pytest.approx(mean_over_gaps(json.loads(
+        (tmp_path / "sweeps" / f"tiny-SASRec-seed{result['seed']}" / "correction_radius=0.05" / "results.json").read_text()
+    )["results"], "scalrec", "ndcg@10", split="valid"))
     run_dir = tmp_path / "sweeps" / f"tiny-SASRec-seed{result['seed']}" / "correction_radius=0.05"
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved["config"]["correction_radius"] == 0.05
@@ -182,3 +203,22 @@ def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
                        and r["setting"] == "S2" and r["method"] == "scalrec" and r["gap"] in SWEEP_GAPS])
     assert row["scalrec_ndcg@10"] == pytest.approx(by_hand)
     assert mean_over_gaps(saved["results"], "cached_fusion", "ndcg@10") == pytest.approx(row["cached_fusion_ndcg@10"])
+
+
+def test_sweep_merges_seeds_and_draws_one_panel_per_key(tmp_path):
+    from recbole_scalrec.sweep import draw_sweeps, merge_seeds
+
+    def row(value, seed):
+        return {"correction_radius": value, "scalrec_ndcg@10": 0.1 * value + seed, "scalrec_hit@10": 0.2,
+                "cached_fusion_ndcg@10": 0.05, "fresh_fusion_ndcg@10": 0.07, "valid_scalrec_ndcg@10": 0.06,
+                "valid_cached_fusion_ndcg@10": 0.05}
+
+    rows = merge_seeds("correction_radius", {1: [row(0.1, 1), row(1.0, 1)], 3: [row(0.1, 3), row(1.0, 3)]})
+    assert [r["correction_radius"] for r in rows] == [0.1, 1.0] and rows[0]["seeds"] == [1, 3]
+    assert rows[1]["scalrec_ndcg@10"] == pytest.approx(2.1) and rows[1]["scalrec_ndcg@10_std"] == pytest.approx(1.0)
+    assert rows[0]["per_seed"]["3"]["scalrec_ndcg@10"] == pytest.approx(3.01)
+    (tmp_path / "sweep-correction_radius.json").write_text(json.dumps(rows))
+    with pytest.raises(FileNotFoundError):
+        draw_sweeps(str(tmp_path / "nothing"), str(tmp_path / "x.png"))
+    assert draw_sweeps(str(tmp_path), str(tmp_path / "fig.png")) == ["correction_radius"]
+    assert (tmp_path / "fig.png").stat().st_size > 0

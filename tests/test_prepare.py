@@ -246,10 +246,19 @@ def test_samples_load_in_recbole(tmp_path):
 # ------------------------------------------------------------------------------------------
 # ensure_prepared
 # ------------------------------------------------------------------------------------------
-def test_ensure_prepared_existing_is_noop(tmp_path):
+def test_ensure_prepared_existing_is_noop(tmp_path, monkeypatch, caplog):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "mine.inter").write_text("user_id:token\titem_id:token\n")
-    ensure_prepared("mine", str(tmp_path))  # no converter needed
+    (tmp_path / "ml-100k").mkdir()  # a dataset the converters know, already prepared by the user
+    (tmp_path / "ml-100k" / "ml-100k.inter").write_text("user_id:token\titem_id:token\n1\t2\n")
+    monkeypatch.setenv("SCALREC_SHARED_DATA", str(tmp_path / "no_shared"))  # converting would fail
+    with caplog.at_level(logging.INFO, logger="recbole_scalrec.data.prepare"):
+        ensure_prepared("mine", str(tmp_path))  # no converter needed
+        ensure_prepared("ml-100k", str(tmp_path))
+    assert "preparing" not in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["mine", "ml-100k"]
+    assert os.listdir(tmp_path / "ml-100k") == ["ml-100k.inter"]
+    assert (tmp_path / "ml-100k" / "ml-100k.inter").read_text() == "user_id:token\titem_id:token\n1\t2\n"
 
 
 def test_ensure_prepared_unknown_dataset(tmp_path):

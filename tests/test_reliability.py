@@ -124,7 +124,11 @@ def test_checkpoint_policy_unreadable_and_unsaved(env, tmp_path):
 def test_corrupted_cache_chunk_is_rebuilt_through_the_pipeline(env, two_runs):
     from recbole_scalrec.quick_start import run_recbole_scalrec
 
-    chunks = sorted(glob.glob(str(env / "cache" / "tiny" / "*" / "chunk-*.safetensors")))
+    # the abstracts' cache folder (its key names the abstract settings), not the item-text vectors'
+    folders = [f for f in glob.glob(str(env / "cache" / "tiny" / "*"))
+               if "abstract" in json.load(open(os.path.join(f, "key.json")))]
+    assert len(folders) == 1
+    chunks = sorted(glob.glob(os.path.join(folders[0], "chunk-*.safetensors")))
     assert len(chunks) > 1
     data = open(chunks[0], "rb").read()
     open(chunks[0], "wb").write(data[: len(data) // 2])  # truncated, as by a full disk

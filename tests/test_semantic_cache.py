@@ -32,7 +32,7 @@ def test_round_trip_and_warm_run(tmp_path):
     cache2 = SemanticCache(str(tmp_path), KEY)
     sub = IDS[[5, 0, 17, 42]]
     warm = cache2.get_or_compute(sub, texts_fn, warm_enc)
-    assert warm_enc.forward_calls == 0 and cache2.stats == {"hits": 4, "computed": 0, "corrupted": 0}
+    assert warm_enc.forward_calls == 0 and cache2.stats == {"hits": 4, "computed": 0, "corrupted": 0, "duplicates": 0}
     np.testing.assert_array_equal(warm, cold[[5, 0, 17, 42]])
     # new ids: only those are encoded
     more = np.concatenate([IDS[:3], [7, 8]])
@@ -155,3 +155,24 @@ def test_ranks_split_then_read_everything(tmp_path):
     assert enc.forward_calls == 0 and cache.stats["hits"] == 50
     np.testing.assert_array_equal(out, FakeEncoder().encode(texts_fn(IDS)))
     assert [e.forward_calls for e in encs] == [3, 3, 2]  # 17/17/16 ids in chunks of 8
+
+
+class CountingEncoder(FakeEncoder):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def encode(self, texts, show_progress=False):
+        self.seen += list(texts)
+        return super().encode(texts)
+
+
+def test_identical_texts_are_encoded_once(tmp_path):
+    enc = CountingEncoder()
+    cache = SemanticCache(str(tmp_path), KEY)
+    ids = np.arange(20, dtype=np.int64)
+    same = cache.get_or_compute(ids, lambda chunk: [f"venue {int(i) % 3}" for i in chunk], enc, chunk_size=8)
+    assert sorted(enc.seen) == sorted([f"venue {k}" for k in range(3)] * 3)  # 3 chunks, 3 distinct texts each
+    assert cache.stats["duplicates"] == 20 - 9 and cache.stats["computed"] == 20
+    for i in ids:  # every id gets the vector of its own text
+        np.testing.assert_array_equal(same[i], FakeEncoder().encode([f"venue {int(i) % 3}"])[0])

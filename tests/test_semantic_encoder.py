@@ -114,3 +114,36 @@ def test_fingerprint_stable_and_normalize_auto(tmp_path):
     assert a.normalize is False
     assert a.fingerprint == SemanticEncoder(dst).fingerprint
     assert a.fingerprint != SemanticEncoder(dst, normalize=True).fingerprint
+
+
+def _cos(a, b):
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_bf16_keeps_the_vectors_and_changes_the_cache_key(encoder):
+    bf16 = SemanticEncoder(batch_size=4, precision="bf16")
+    assert bf16.precision == "bf16" and bf16.fingerprint != encoder.fingerprint
+    texts = [t for t in TEXTS if t]  # an empty text has no direction to compare
+    assert _cos(bf16.encode(texts), encoder.encode(texts)).min() >= 0.999
+    assert SemanticEncoder(batch_size=4, precision="fp32").fingerprint == encoder.fingerprint  # fp32 caches stay valid
+    int8 = SemanticEncoder(batch_size=4, precision="int8")
+    assert int8.fingerprint not in (encoder.fingerprint, bf16.fingerprint)
+    assert int8.encode(texts).shape == (len(texts), 384)
+    with pytest.raises(ValueError, match="lm_precision"):
+        SemanticEncoder(precision="fp8")
+
+
+def test_auto_precision_follows_the_hardware_and_the_probe(monkeypatch):
+    import recbole_scalrec.semantic_encoder as se
+
+    monkeypatch.setattr(se, "bf16_capable", lambda device: False)
+    plain = SemanticEncoder(precision="auto")
+    assert plain.precision == "fp32" and plain.precision_info == {"requested": "auto", "bf16_units": False,
+                                                                  "probe_forward_calls": 0}
+    monkeypatch.setattr(se, "bf16_capable", lambda device: True)
+    fast = SemanticEncoder(precision="auto")
+    info = fast.precision_info
+    assert fast.precision == "bf16" and info["bf16_min_cos"] >= se.PARITY_COS and info["probe_texts"] == 48
+    assert info["probe_forward_calls"] > 0 and fast.forward_calls == 0  # the probe is not counted as the data's
+    monkeypatch.setattr(se, "PARITY_COS", 1.01)  # no precision passes: back to fp32
+    assert SemanticEncoder(precision="auto").precision == "fp32"

@@ -45,8 +45,17 @@ def parse_cli_overrides(argv: list[str]) -> dict[str, Any]:
     return overrides
 
 
+# sequential models that read item features (``selected_features`` / ``item_attribute``) from the .item file
+FEATURE_MODELS = frozenset({"FDSA", "GRU4RecF", "SASRecF", "S3Rec"})
+
+
 class Config(RecBoleConfig):
-    """RecBole configuration that knows the plug-in's models and yaml defaults."""
+    """RecBole configuration that knows the plug-in's models and yaml defaults.
+
+    For a model of :data:`FEATURE_MODELS` the item columns it reads (``selected_features``, and
+    ``item_attribute`` for S3Rec; set per dataset in ``properties/dataset/``) are added to
+    ``load_col``, which otherwise loads the interactions only.
+    """
 
     SCALREC_MODEL = "SCaLRec"
 
@@ -86,3 +95,17 @@ class Config(RecBoleConfig):
             candidate = os.path.join(user_data_path, self.dataset)
             if os.path.isfile(os.path.join(candidate, f"{self.dataset}.inter")):
                 self.final_config_dict["data_path"] = candidate
+        if self.model in FEATURE_MODELS:
+            self._load_item_features()
+
+    def _load_item_features(self) -> None:
+        cfg = self.final_config_dict
+        load_col = cfg.get("load_col")
+        if not isinstance(load_col, dict):
+            return  # None: RecBole loads every column already
+        wanted = list(cfg.get("selected_features") or [])
+        if self.model == "S3Rec" and cfg.get("item_attribute"):
+            wanted.append(cfg["item_attribute"])
+        item_cols = list(load_col.get("item") or [cfg["ITEM_ID_FIELD"]])
+        item_cols += [c for c in wanted if c not in item_cols]
+        cfg["load_col"] = dict(load_col, item=item_cols)

@@ -155,6 +155,21 @@ class UserSequences:
         keep = ((last - prefixes) % stride == 0) | (prefixes == self.offsets[users])
         return prefixes[keep]
 
+    def latest_per_user(self, prefix_ids: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` latest of ``prefix_ids`` of each user (all of a user's when they have fewer),
+        sorted; ``k <= 0`` keeps them all."""
+        prefix_ids = np.sort(np.asarray(prefix_ids, dtype=np.int64))
+        if k <= 0 or len(prefix_ids) == 0:
+            return prefix_ids
+        users = self.user_of(prefix_ids)
+        # rank from the end within each user's run of ids: (last index of the run) - (own index)
+        ends = np.searchsorted(users, users, side="right") - 1
+        return prefix_ids[ends - np.arange(len(prefix_ids)) < k]
+
+    def prefix_users(self, prefix_ids) -> torch.Tensor:
+        """Internal (RecBole) user id of each prefix, for backbones that read the user."""
+        return torch.as_tensor(self.users[self.user_of(np.asarray(prefix_ids, dtype=np.int64))], dtype=torch.long)
+
     def targets(self, prefix_ids: np.ndarray) -> np.ndarray:
         """Next item after each prefix."""
         return self.items[prefix_ids + 1]

@@ -91,7 +91,8 @@ class FusionTrainer:
         self.own_counts = np.zeros(2, dtype=np.int64)  # [prefixes with their own h, prefixes seen] this epoch
 
     def _batch(self, prefix_ids: np.ndarray, train: bool = False):
-        """Sequences, ``h`` (None without semantics), targets and which rows have their own ``h``.
+        """Sequences, ``h`` (None without semantics), targets, which rows have their own ``h``, and
+        the users (None unless the backbone reads them).
 
         Evaluated prefixes always have their own ``h``; a training prefix takes the latest encoded
         one at or before it (see the module docstring)."""
@@ -106,8 +107,9 @@ class FusionTrainer:
             else:
                 h = self.semantic(prefix_ids)
         target = torch.as_tensor(self.sequences.targets(prefix_ids))
+        users = self.sequences.prefix_users(prefix_ids).to(self.device) if self.model.needs_user else None
         return (seq.to(self.device), length.to(self.device), None if h is None else h.to(self.device),
-                target.to(self.device), own)
+                target.to(self.device), own, users)
 
     def _train_logits(self, z_str: torch.Tensor, h: torch.Tensor | None, own: torch.Tensor | None) -> torch.Tensor:
         logits = self.model.full_scores(z_str, self._z_sem(h))
@@ -130,16 +132,16 @@ class FusionTrainer:
         if self.config["show_progress"] and rank == 0:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="stage 1", unit="batch", leave=False)
+            starts = tqdm(starts, desc="stage 1", unit="batch", leave=False, disable=None)
         for lo in starts:
             batch = order[lo : lo + bs]
             mine, weight = batch[rank::world], 1.0
             if len(mine) == 0:  # a last batch smaller than the world: a zero-weight sample keeps grads aligned
                 mine, weight = batch[:1], 0.0
-            seq, length, h, target, own = self._batch(train_ids[mine], train=True)
+            seq, length, h, target, own, users = self._batch(train_ids[mine], train=True)
             if own is not None and weight:
                 self.own_counts += np.array([int(own.sum()), len(own)])
-            logits = self._train_logits(self._structure(seq, length), h, own)
+            logits = self._train_logits(self._structure(seq, length, users), h, own)
             loss_sum = F.cross_entropy(logits, target, reduction="sum") * weight
             self.optimizer.zero_grad(set_to_none=True)
             (loss_sum / len(batch)).backward()
@@ -155,8 +157,8 @@ class FusionTrainer:
         self.model.eval()
         ranks = {"fused": [], "structure_only": []} if self.semantic is not None else {"structure_only": []}
         for lo in range(0, len(prefix_ids), self.config["eval_batch_size"]):
-            seq, length, h, target, _ = self._batch(prefix_ids[lo : lo + self.config["eval_batch_size"]])
-            z_str = self.model.structure(seq, length)
+            seq, length, h, target, _, users = self._batch(prefix_ids[lo : lo + self.config["eval_batch_size"]])
+            z_str = self.model.structure(seq, length, users)
             if h is not None:
                 ranks["fused"].append(full_ranking_metrics(self.model.full_scores(z_str, self._z_sem(h)), target))
             ranks["structure_only"].append(full_ranking_metrics(self.model.full_scores(z_str, None), target))

@@ -1,0 +1,132 @@
+"""Any RecBole sequential model as the structure encoder ``z_str(t) = f_theta(S_{<=t})``.
+
+The fusion (Eq. 4) needs one vector per prefix in the space of one item table, scored by an
+inner product. RecBole's sequential models reach that vector through a few calling conventions;
+:class:`StructureEncoder` adapts each:
+
+* ``forward(item_seq, item_seq_len)`` (SASRec, GRU4Rec, NARM, STAMP, SRGNN, GCSAN, LightSANs,
+  SINE, the feature-aware FDSA / GRU4RecF / SASRecF, SURGE, ...) returning ``[B, d]``, or the whole
+  sequence ``[B, L, d]`` (GRU4RecCPR, SASRecCPR), read at the last position;
+* ``forward(item_seq)`` (NextItNet, CORE, S3Rec with ``bidirectional=False``), read at the last
+  position when it returns the sequence;
+* BERT4Rec: the mask token is placed after the last item (as its ``full_sort_predict`` does) and
+  the output read there; its item table without the mask row (its output bias is not used: Eq. 4
+  has none);
+* models that also take the user (Caser, HGN, HRM, NPE, SHAN, FOSSIL): the prefix's internal user id.
+
+The models in :data:`REFUSED` cannot serve, and are refused at start with the reason.
+The adapter holds a reference to the backbone, not a copy: parameters and ``state_dict`` keys
+stay the backbone's.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+REFUSED = {
+    "DIN": "a click-through model: it scores a (user, candidate item) pair by attending over the history with that "
+           "candidate, so there is no user vector to score an item table with",
+    "DIEN": "a click-through model: it scores a (user, candidate item) pair through an interest-evolution GRU driven by "
+            "that candidate, so there is no user vector to score an item table with",
+    "FPMC": "it factorises user-item and item-item transitions with separate item tables (BPR only), not one user "
+            "vector against one item table",
+    "TransRec": "it scores an item by a translation distance -||u + t + v_last - v_i||, not by an inner product "
+                "with an item table",
+    "RepeatNet": "it outputs a mixture of repeat and explore distributions over items, not a user vector in item space",
+    "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
+    "GRU4RecKG": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
+}
+_SEQ = ("item_seq", "seq_item")
+_LEN = ("item_seq_len", "seq_item_len")
+
+
+class UnsupportedBackbone(ValueError):
+    """A sequential model that cannot be the structure encoder (the message says why)."""
+
+
+def check_backbone(name: str) -> None:
+    """Raise :class:`UnsupportedBackbone` for a model of :data:`REFUSED`."""
+    if name in REFUSED:
+        raise UnsupportedBackbone(f"{name} cannot be the structure encoder: {REFUSED[name]}. "
+                                  f"Use a model that maps a sequence to a user vector, e.g. SASRec or GRU4Rec.")
+
+
+def backbone_dataset(name: str, config, dataset):
+    """The dataset to build backbone ``name`` with, holding what its constructor reads that the
+    pipeline does not otherwise build (the pipeline reads the interactions as loaded and never runs
+    RecBole's augmentation): the item features as an ``Interaction`` (FDSA, GRU4RecF, SASRecF,
+    S3Rec), the length of the item-sequence field (CORE), and for FEARec, whose constructor indexes
+    the augmented training sequences (its same-target positives), RecBole's own training split of
+    a copy. Refuses a model of :data:`REFUSED` first. The pipeline's dataset is left as it reads it."""
+    import copy
+
+    check_backbone(name)
+    seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    dataset.field2seqlen.setdefault(seq_field, config["MAX_ITEM_LIST_LENGTH"])
+    item_feat = getattr(dataset, "item_feat", None)
+    if item_feat is not None and not hasattr(item_feat, "interaction"):  # a pandas DataFrame
+        dataset.item_feat = dataset._dataframe_to_interaction(item_feat)
+    if name == "FEARec":
+        return copy.deepcopy(dataset).build()[0]
+    return dataset
+
+
+class StructureEncoder:
+    """Calls a backbone the way its ``forward`` asks and returns ``[B, d]`` in item space."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        name = type(backbone).__name__
+        check_backbone(name)
+        if not isinstance(getattr(backbone, "item_embedding", None), nn.Embedding):
+            raise UnsupportedBackbone(
+                f"{name} has no nn.Embedding `item_embedding`: the fusion scores items with the backbone's item "
+                f"table. Use a RecBole sequential model that scores by <z, item_embedding>.")
+        self.backbone = backbone
+        self.params = [p for p in inspect.signature(backbone.forward).parameters]
+        known = set(_SEQ + _LEN + ("user", "bidirectional"))
+        unknown = [p for p in self.params if p not in known and
+                   inspect.signature(backbone.forward).parameters[p].default is inspect.Parameter.empty]
+        if unknown or not any(p in _SEQ for p in self.params):
+            raise UnsupportedBackbone(f"{name}.forward{inspect.signature(backbone.forward)} takes inputs the structure "
+                                      f"encoder cannot give ({', '.join(unknown) or 'no item sequence'}).")
+        self.needs_user = "user" in self.params
+        self.mask_token = getattr(backbone, "mask_token", None) if name == "BERT4Rec" else None
+        rows = backbone.item_embedding.num_embeddings
+        # BERT4Rec and S3Rec keep their mask token in the last row of the item table
+        self.n_items = rows - 1 if getattr(backbone, "mask_token", None) == rows - 1 else rows
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        """The item vectors ``v_i`` of ids ``0..n_items-1`` (a mask token's row left out)."""
+        return self.backbone.item_embedding.weight[: self.n_items]
+
+    def _with_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
+        """BERT4Rec's test input: the mask token after the last item, the oldest item dropped."""
+        seq = torch.cat([item_seq, torch.zeros_like(item_seq[:, :1])], dim=1)
+        seq = seq.scatter(1, item_seq_len.long().unsqueeze(1), self.mask_token)
+        return seq[:, 1:]
+
+    def __call__(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        if self.needs_user and user is None:
+            raise ValueError(f"{type(self.backbone).__name__} needs the user of each prefix; pass user=.")
+        if self.mask_token is not None:
+            item_seq = self._with_mask(item_seq, item_seq_len)
+        args = []
+        for p in self.params:
+            if p in _SEQ:
+                args.append(item_seq)
+            elif p in _LEN:
+                args.append(item_seq_len)
+            elif p == "user":
+                args.append(user)
+            elif p == "bidirectional":
+                args.append(False)
+        z = self.backbone(*args)
+        if isinstance(z, (tuple, list)):
+            z = z[0]
+        if z.dim() == 3:  # the whole sequence: read the last item's position
+            index = (item_seq_len.long() - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, z.shape[-1])
+            z = z.gather(1, index).squeeze(1)
+        return z
