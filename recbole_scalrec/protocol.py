@@ -69,6 +69,7 @@ def evaluate_staleness(
     gap_override: np.ndarray | None = None,
     repair_size: int = 0,
     temperature: float = 4.0,
+    internals: bool = True,
 ) -> list[dict]:
     """Rank every request's target under every method, gap and setting.
 
@@ -77,6 +78,7 @@ def evaluate_staleness(
     ``tau`` of its reliability target). ``gap_override`` (per-request gaps, e.g. intermittent
     refresh) replaces ``gaps``. A ``<method>+repair`` method is ranked in S2 only, on the snapshot's
     candidates repaired with ``repair_size`` fresh structure items (METHOD.md Sec. 10).
+    ``internals=False`` skips the diagnostics (rows get ``{}``), e.g. for model selection.
     """
     methods = list(methods)
     for head in (heads or {}).values():
@@ -99,26 +101,30 @@ def evaluate_staleness(
                 g = gap_override[lo : lo + batch_size] if gap_override is not None else gap
                 plain = stale_requests(states, sequences, batch, g, s2=setting == "S2")
                 clamped += int(plain.clamped.sum())
-                views = _RequestViews(plain, item_table, top_m, repair_size, fusion_weight, temperature, bool(heads))
-                reference = top_items(views.scores("cached_fusion", False, fusion_weight, heads), plain.candidates)
+                views = _RequestViews(plain, item_table, top_m, repair_size, fusion_weight, temperature, heads)
+                reference = top_items(views.scores("cached_fusion", False), plain.candidates) if internals else None
                 for m in here:
                     base, repaired = split_method(m)
                     req = views.request(repaired)
-                    scores = views.scores(base, repaired, fusion_weight, heads)
+                    scores = views.scores(base, repaired)
                     ranks[m].append(target_ranks(scores, req.candidates, req.targets).numpy())
+                    if not internals:
+                        continue
                     moved[m].append(changed(top_items(scores, req.candidates), reference).numpy())
                     if heads and base in heads:
-                        adj = views.adjustment(base, repaired, fusion_weight, heads)
+                        adj = views.adjustment(base, repaired)
                         values = adjustment_internals(adj, req.z_sem_snap, views.mismatch(repaired),
                                                       float(heads[base].target_scale))
                         for name, v in values.items():
                             inner[m].setdefault(name, []).append(v)
             for m in here:
                 r = np.concatenate(ranks[m]) if ranks[m] else np.zeros(0, dtype=np.int64)
-                internals = {"changed_top10": float(np.concatenate(moved[m]).mean()) if moved[m] else 0.0}
-                internals.update({name: summarise(np.concatenate(v)) for name, v in inner[m].items()})
+                summary = {}
+                if internals:
+                    summary["changed_top10"] = float(np.concatenate(moved[m]).mean()) if moved[m] else 0.0
+                    summary.update({name: summarise(np.concatenate(v)) for name, v in inner[m].items()})
                 rows.append({"setting": setting, "gap": gap, "method": m, "n_requests": int(len(r)),
-                             "n_clamped": clamped, "metrics": metrics_from_ranks(r), "ranks": r, "internals": internals})
+                             "n_clamped": clamped, "metrics": metrics_from_ranks(r), "ranks": r, "internals": summary})
     return rows
 
 
@@ -127,9 +133,9 @@ class _RequestViews:
     cues, adjustments and mismatches of each computed once."""
 
     def __init__(self, plain: StaleRequests, item_table: torch.Tensor, top_m: int, repair_size: int,
-                 fusion_weight: float, temperature: float, with_cues: bool) -> None:
+                 fusion_weight: float, temperature: float, heads: dict[str, StalenessHead] | None) -> None:
         self.plain, self.item_table, self.top_m, self.repair_size = plain, item_table, top_m, repair_size
-        self.fusion_weight, self.temperature, self.with_cues = fusion_weight, temperature, with_cues
+        self.fusion_weight, self.temperature, self.heads = fusion_weight, temperature, heads
         self._req, self._cues, self._adj, self._m = {False: plain}, {}, {}, {}
 
     def request(self, repaired: bool) -> StaleRequests:
@@ -139,17 +145,17 @@ class _RequestViews:
 
     def cues(self, repaired: bool) -> torch.Tensor | None:
         if repaired not in self._cues:
-            self._cues[repaired] = request_cues(self.request(repaired), self.item_table, self.top_m) if self.with_cues else None
+            self._cues[repaired] = request_cues(self.request(repaired), self.item_table, self.top_m) if self.heads else None
         return self._cues[repaired]
 
-    def adjustment(self, base: str, repaired: bool, fusion_weight: float, heads) -> Adjustment:
+    def adjustment(self, base: str, repaired: bool) -> Adjustment:
         key = (base, repaired)
         if key not in self._adj:
-            self._adj[key] = adjustment(base, self.request(repaired), fusion_weight, heads, self.cues(repaired))
+            self._adj[key] = adjustment(base, self.request(repaired), self.fusion_weight, self.heads, self.cues(repaired))
         return self._adj[key]
 
-    def scores(self, base: str, repaired: bool, fusion_weight: float, heads) -> torch.Tensor:
-        return adjusted_scores(self.adjustment(base, repaired, fusion_weight, heads), self.request(repaired), self.item_table)
+    def scores(self, base: str, repaired: bool) -> torch.Tensor:
+        return adjusted_scores(self.adjustment(base, repaired), self.request(repaired), self.item_table)
 
     def mismatch(self, repaired: bool) -> torch.Tensor:
         if repaired not in self._m:

@@ -146,7 +146,7 @@ class CalibrationTrainer:
         rows = evaluate_staleness(self.states, self.sequences, self.item_table, self.valid_ids,
                                   self.config["eval_gaps"], self.config["eval_settings"], list(heads),
                                   self.config["fusion_weight"], heads, self.config["spearman_top_m"],
-                                  self.config["eval_batch_size"], temperature=self.config["kd_temperature"])
+                                  self.config["eval_batch_size"], internals=False)
         min_gap = 1 if any(g > 0 for g in self.config["eval_gaps"]) else 0
         return {method: mean_ndcg10(rows, method, min_gap=min_gap) for method in heads}
 
