@@ -8,6 +8,9 @@
   defaults to ``weights_only=True`` and rejects RecBole's pickled checkpoints. The fix is
   a trainer subclass (:class:`recbole_scalrec.trainer.Trainer`), not an environment variable.
 * RecBole's ``quick_start`` imports ``ray``; nothing in this package imports it.
+* RecBole's graph models (LightGCN, NGCF, ...) fill their adjacency with ``dok_matrix._update``,
+  a private method SciPy >= 1.12 removed; :func:`patch_scipy_dok_update` puts back the same bulk
+  update (of the matrix's own dict of entries) when it is missing.
 """
 from __future__ import annotations
 
@@ -23,6 +26,21 @@ def import_recbole_sequential() -> ModuleType:
     module = importlib.import_module("recbole.model.sequential_recommender")
     torch.autograd.set_detect_anomaly(was_enabled)
     return module
+
+
+def patch_scipy_dok_update() -> bool:
+    """Give ``scipy.sparse.dok_matrix`` the ``_update(dict)`` RecBole's graph models call, when this
+    SciPy lacks it; returns whether it was added."""
+    import scipy.sparse as sp
+
+    if hasattr(sp.dok_matrix, "_update"):
+        return False
+
+    def _update(self, data: dict) -> None:
+        self._dict.update(data)  # what SciPy's own _update did: a bulk insert without checks
+
+    sp.dok_matrix._update = _update
+    return True
 
 
 def undo_recbole_side_effects() -> None:

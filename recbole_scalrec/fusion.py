@@ -127,7 +127,7 @@ class FusionModel(nn.Module):
         self.backbone = backbone
         self.encoder = StructureEncoder(backbone)  # a plain object: the parameters stay the backbone's
         self.fusion_weight = fusion_weight
-        dim = backbone.item_embedding.embedding_dim
+        dim = self.encoder.dim
         self.conditioner = SemanticConditioner(lm_dim, conditioning)
         self.projection = SemanticProjection(lm_dim, dim, hidden, dropout)
 
@@ -156,3 +156,20 @@ class FusionModel(nn.Module):
 
     def full_scores(self, z_str: torch.Tensor, z_sem: torch.Tensor | None) -> torch.Tensor:
         return score_all(self.item_table, z_str, z_sem, self.fusion_weight)
+
+    def train_logits(self, z_str: torch.Tensor, h: torch.Tensor | None, own: torch.Tensor | None = None,
+                     structure_only_missing: bool = False) -> torch.Tensor:
+        """Stage-1 logits over all items (Eq. 4) for prefixes served with ``h`` (None: structure
+        only); with ``structure_only_missing`` a row whose ``h`` is not its own (``own`` False)
+        gets the structure logits ``<z_str, v_i>`` alone (``stage1_missing_semantics: structure_only``)."""
+        logits = self.full_scores(z_str, None if h is None else self.semantic(h))
+        if own is not None and structure_only_missing and not bool(own.all()):
+            logits = torch.where(own[:, None], logits, self.full_scores(z_str, None))
+        return logits
+
+    def regularisation(self, item_seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | float:
+        """The backbone's own regularisers, added to the stage-1 loss: SURGE's ``embed_l2`` /
+        ``layer_l2`` (its ``regularisation(item_ids)``, on the items of the batch); 0 for a backbone
+        without one (RecBole's sequential models put no regulariser in a CE loss)."""
+        own = getattr(self.backbone, "regularisation", None)
+        return 0.0 if own is None else own(torch.cat([item_seq.flatten(), targets.flatten()]))

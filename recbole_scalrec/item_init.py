@@ -85,14 +85,24 @@ def init_item_table(embedding: nn.Embedding, item_ids: np.ndarray, projected: np
 
 
 def lm_initialise_items(backbone: nn.Module, item_texts: Sequence[str], encoder, cache_dir: str, dataset: str) -> dict:
-    """The whole initialisation on a RecBole backbone with an ``item_embedding`` table (logged)."""
-    embedding = getattr(backbone, "item_embedding", None)
-    if not isinstance(embedding, nn.Embedding):
+    """The whole initialisation on a RecBole backbone's item table (logged): ``item_embedding``, or
+    for a backbone scoring with several tables side by side (FPMC's ``[IU; IL]``) the PCA scores split
+    over them in order, so the concatenated table starts from the LM's principal directions."""
+    from recbole_scalrec.model.structure_encoder import item_tables
+
+    tables = item_tables(backbone)
+    if not tables:
         raise TypeError(f"{type(backbone).__name__} has no nn.Embedding `item_embedding` to initialise; "
                         f"set item_embedding_init: random.")
     ids, vectors = item_text_vectors(item_texts, encoder, cache_dir, dataset)
-    info = init_item_table(embedding, ids, pca_project(vectors, embedding.embedding_dim))
+    dims = [t.embedding_dim for t in tables]
+    projected = pca_project(vectors, sum(dims))
+    bounds = np.cumsum([0] + dims)
+    parts = [init_item_table(t, ids, projected[:, lo:hi]) for t, lo, hi in zip(tables, bounds[:-1], bounds[1:])]
+    info = dict(parts[0], components=int(sum(p["components"] for p in parts)))
+    if len(parts) > 1:
+        info["tables"] = parts
     logger.info(f"item table: {info['with_text']} of {info['items']} items initialised from the LM's text vectors "
-                f"(PCA to {info['components']} of {embedding.embedding_dim} dims, std {info['target_std']:.4g}); "
+                f"(PCA to {info['components']} of {sum(dims)} dims, std {info['target_std']:.4g}); "
                 f"{info['without_text']} without text keep random vectors")
     return info

@@ -2,6 +2,7 @@
 
     python -m recbole_scalrec.sweep --dataset redial --param correction_radius --values 0.05 0.1 0.2 0.5 1.0 \
         [--model SASRec] [--seeds 2020 2021 2022] [--out docs/results/sweeps] [--key=value ...]
+    python -m recbole_scalrec.sweep ... --seeds 2020 2021 --reuse   # merge seeds run in separate processes
     python -m recbole_scalrec.sweep --plot docs/results/sweeps/redial-SASRec --figure docs/figures/sweep-redial.png
 
 Each (value, seed) is one pipeline run (:func:`recbole_scalrec.quick_start.run_recbole_scalrec`) with
@@ -39,9 +40,23 @@ def mean_over_gaps(results: list[dict], method: str, metric: str, split: str = "
     return float(np.mean(values))
 
 
+def _finished_run(results_dir: str, config: dict) -> dict | None:
+    """The ``results.json`` of a run folder made with ``config``'s values (None: absent or another run)."""
+    path = os.path.join(results_dir, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+    made = summary.get("config", {})
+    same = all(made.get(k) == v for k, v in config.items() if k not in ("results_dir", "stage1_checkpoint"))
+    return summary if same else None
+
+
 def run_sweep(param: str, values: list[Any], model: str, dataset: str, seed: int, out: str,
-              overrides: dict | None = None, stage1_checkpoint: str | None = None) -> list[dict]:
-    """One run per value at one seed; returns a row per value with the figures of merit."""
+              overrides: dict | None = None, stage1_checkpoint: str | None = None, reuse: bool = False) -> list[dict]:
+    """One run per value at one seed; returns a row per value with the figures of merit. With
+    ``reuse`` a value whose folder already holds the ``results.json`` of the same settings is read,
+    not run again (seeds run in separate processes, then merged by one call)."""
     from recbole_scalrec.quick_start import run_recbole_scalrec
 
     base = stage1_checkpoint or os.path.join("saved", f"{model}-{dataset}-seed{seed}", "stage1.pth")
@@ -50,7 +65,9 @@ def run_sweep(param: str, values: list[Any], model: str, dataset: str, seed: int
         config = dict(overrides or {}, seed=seed, stage2_methods=["scalrec"], stage1_checkpoint=base,
                       results_dir=os.path.join(out, f"{dataset}-{model}-seed{seed}", f"{param}={value}"))
         config[param] = value
-        summary = run_recbole_scalrec(model=model, dataset=dataset, config_dict=config)
+        summary = _finished_run(config["results_dir"], config) if reuse else None
+        if summary is None:
+            summary = run_recbole_scalrec(model=model, dataset=dataset, config_dict=config)
         res = summary["results"]
         rows.append({
             param: value,
@@ -135,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="saved/sweeps")
     parser.add_argument("--stage1-checkpoint", default=None,
                         help="stage-1 checkpoint to share (default: saved/<model>-<dataset>-seed<seed>/stage1.pth); one seed only")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a value's finished run folder (same settings) instead of running it again")
     parser.add_argument("--plot", default=None, help="draw the sweeps found in this folder (with --figure)")
     parser.add_argument("--figure", default=None, help="PNG path of the drawing")
     args, rest = parser.parse_known_args(argv)
@@ -149,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--stage1-checkpoint names one seed's stage 1; give one seed with it.")
     overrides = parse_cli_overrides(rest)
     per_seed = {seed: run_sweep(args.param, args.values, args.model, args.dataset, seed, args.out, overrides,
-                                args.stage1_checkpoint) for seed in seeds}
+                                args.stage1_checkpoint, args.reuse) for seed in seeds}
     rows = merge_seeds(args.param, per_seed)
     header = (f"| {args.param} | valid SCaLRec NDCG@10 | valid cached | SCaLRec NDCG@10 | SCaLRec HR@10 | "
               f"cached fusion NDCG@10 | fresh fusion NDCG@10 |")

@@ -182,7 +182,7 @@ class _Times:
 def test_real_timestamps_auto(times, real, caplog):
     from recbole_scalrec.quick_start import resolve_real_timestamps
 
-    with caplog.at_level(logging.INFO, logger="recbole_scalrec.quick_start"):
+    with caplog.at_level(logging.INFO, logger="recbole_scalrec.data.requests"):
         assert resolve_real_timestamps({"real_timestamps": "auto"}, _Times(times)) is real
     assert ("not unix seconds" in caplog.text) is (not real)
     assert resolve_real_timestamps({"real_timestamps": True}, _Times(np.arange(3))) is True

@@ -8,8 +8,10 @@ Priority, lowest first: RecBole's internal defaults < ``properties/overall.yaml`
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import recbole
 from recbole.config import Config as RecBoleConfig
 
 from recbole_scalrec.utils.utils import get_model, properties_dir
@@ -75,17 +77,33 @@ class Config(RecBoleConfig):
             dataset = self.external_config_dict.get("dataset", "ml-100k")
         return model_name, model_class, dataset
 
+    def backbone_name(self, model: str) -> str:
+        """The structure encoder: ``model`` itself, or for ``SCaLRec`` its ``backbone`` key (the
+        user's, else ``properties/model/SCaLRec.yaml``'s default)."""
+        if model != self.SCALREC_MODEL:
+            return model
+        name = self.external_config_dict.get("backbone")
+        if name is None:
+            import yaml
+
+            with open(properties_dir() / "model" / f"{self.SCALREC_MODEL}.yaml", encoding="utf-8") as f:
+                name = (yaml.safe_load(f) or {}).get("backbone") or "SASRec"
+        return str(name)
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         root = properties_dir()
-        for path in (
-            root / "overall.yaml",
-            root / "model" / f"{self.SCALREC_MODEL}.yaml",
-            root / "model" / f"{model}.yaml",
-            root / "dataset" / f"{dataset}.yaml",
-        ):
+        backbone = self.backbone_name(model)
+        # SCaLRec wraps a backbone: the backbone's own RecBole defaults come first, under ours
+        recbole_yaml = Path(recbole.__file__).parent / "properties" / "model" / f"{backbone}.yaml"
+        paths = [recbole_yaml] if backbone != model else []
+        paths += [root / "overall.yaml", root / "model" / f"{self.SCALREC_MODEL}.yaml", root / "model" / f"{backbone}.yaml",
+                  root / "dataset" / f"{dataset}.yaml"]
+        for path in paths:
             if path.is_file():
                 self._update_internal_config_dict(str(path))
+        if backbone != model:
+            self.internal_config_dict["backbone"] = backbone
 
     def _set_default_parameters(self):
         user_data_path = self.external_config_dict.get("data_path")
@@ -95,7 +113,7 @@ class Config(RecBoleConfig):
             candidate = os.path.join(user_data_path, self.dataset)
             if os.path.isfile(os.path.join(candidate, f"{self.dataset}.inter")):
                 self.final_config_dict["data_path"] = candidate
-        if self.model in FEATURE_MODELS:
+        if self.backbone_name(self.model) in FEATURE_MODELS:
             self._load_item_features()
 
     def _load_item_features(self) -> None:
@@ -104,7 +122,7 @@ class Config(RecBoleConfig):
         if not isinstance(load_col, dict):
             return  # None: RecBole loads every column already
         wanted = list(cfg.get("selected_features") or [])
-        if self.model == "S3Rec" and cfg.get("item_attribute"):
+        if self.backbone_name(self.model) == "S3Rec" and cfg.get("item_attribute"):
             wanted.append(cfg["item_attribute"])
         item_cols = list(load_col.get("item") or [cfg["ITEM_ID_FIELD"]])
         item_cols += [c for c in wanted if c not in item_cols]

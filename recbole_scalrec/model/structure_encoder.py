@@ -12,7 +12,11 @@ inner product. RecBole's sequential models reach that vector through a few calli
 * BERT4Rec: the mask token is placed after the last item (as its ``full_sort_predict`` does) and
   the output read there; its item table without the mask row (its output bias is not used: Eq. 4
   has none);
-* models that also take the user (Caser, HGN, HRM, NPE, SHAN, FOSSIL): the prefix's internal user id.
+* models that also take the user (Caser, HGN, HRM, NPE, SHAN, FOSSIL): the prefix's internal user id;
+* FPMC, whose score ``<UI_u, IU_i> + <LI_l, IL_i>`` (matrix factorisation plus a first-order Markov
+  chain from the last item ``l``) is one inner product of concatenations: the user vector
+  ``[UI_u; LI_l]`` against the item table ``[IU_i; IL_i]`` (:data:`ITEM_TABLES`), so the fusion and
+  the LM initialisation work in that ``2 x embedding_size`` space.
 
 The models in :data:`REFUSED` cannot serve, and are refused at start with the reason.
 The adapter holds a reference to the backbone, not a copy: parameters and ``state_dict`` keys
@@ -30,14 +34,14 @@ REFUSED = {
            "candidate, so there is no user vector to score an item table with",
     "DIEN": "a click-through model: it scores a (user, candidate item) pair through an interest-evolution GRU driven by "
             "that candidate, so there is no user vector to score an item table with",
-    "FPMC": "it factorises user-item and item-item transitions with separate item tables (BPR only), not one user "
-            "vector against one item table",
     "TransRec": "it scores an item by a translation distance -||u + t + v_last - v_i||, not by an inner product "
                 "with an item table",
     "RepeatNet": "it outputs a mixture of repeat and explore distributions over items, not a user vector in item space",
     "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
     "GRU4RecKG": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
 }
+# backbones whose score is an inner product with several item tables side by side
+ITEM_TABLES = {"FPMC": ("IU_emb", "IL_emb")}
 _SEQ = ("item_seq", "seq_item")
 _LEN = ("item_seq_len", "seq_item_len")
 
@@ -47,10 +51,20 @@ class UnsupportedBackbone(ValueError):
 
 
 def check_backbone(name: str) -> None:
-    """Raise :class:`UnsupportedBackbone` for a model of :data:`REFUSED`."""
+    """Raise :class:`UnsupportedBackbone` for a model of :data:`REFUSED` or one that is not
+    sequential (e.g. RecBole's general LightGCN); an unknown name raises ``ValueError`` with close
+    matches (:func:`recbole_scalrec.utils.get_model`)."""
+    from recbole.utils import ModelType
+
+    from recbole_scalrec.utils import get_model
+
     if name in REFUSED:
         raise UnsupportedBackbone(f"{name} cannot be the structure encoder: {REFUSED[name]}. "
                                   f"Use a model that maps a sequence to a user vector, e.g. SASRec or GRU4Rec.")
+    kind = getattr(get_model(name), "type", None)
+    if kind != ModelType.SEQUENTIAL:
+        raise UnsupportedBackbone(f"{name} is a {getattr(kind, 'name', kind)} model, not a sequential one, so it cannot be the "
+                                  f"structure encoder; compare with it by python -m recbole_scalrec.baselines --models {name}.")
 
 
 def backbone_dataset(name: str, config, dataset):
@@ -68,9 +82,25 @@ def backbone_dataset(name: str, config, dataset):
     item_feat = getattr(dataset, "item_feat", None)
     if item_feat is not None and not hasattr(item_feat, "interaction"):  # a pandas DataFrame
         dataset.item_feat = dataset._dataframe_to_interaction(item_feat)
-    if name == "FEARec":
-        return copy.deepcopy(dataset).build()[0]
+    built = hasattr(dataset.inter_feat, "interaction") and seq_field in dataset.inter_feat.interaction
+    if name == "FEARec" and not built:
+        channel = getattr(dataset, "semantics", None)
+        dataset.semantics = None  # the copy needs the interactions only, not the language model
+        try:
+            return copy.deepcopy(dataset).build()[0]
+        finally:
+            dataset.semantics = channel
     return dataset
+
+
+def item_tables(backbone: nn.Module) -> list[nn.Embedding]:
+    """The backbone's item table(s) the fusion scores with, in order: ``item_embedding``, or the
+    tables :data:`ITEM_TABLES` names for its class."""
+    names = ITEM_TABLES.get(type(backbone).__name__, ("item_embedding",))
+    tables = [getattr(backbone, n, None) for n in names]
+    if not all(isinstance(t, nn.Embedding) for t in tables):
+        return []
+    return tables
 
 
 class StructureEncoder:
@@ -79,6 +109,12 @@ class StructureEncoder:
     def __init__(self, backbone: nn.Module) -> None:
         name = type(backbone).__name__
         check_backbone(name)
+        self.backbone = backbone
+        self.tables = item_tables(backbone)
+        if name in ITEM_TABLES:  # FPMC: [UI_u; LI_l] against [IU_i; IL_i]
+            self.params, self.needs_user, self.mask_token = [], True, None
+            self.n_items = self.tables[0].num_embeddings
+            return
         if not isinstance(getattr(backbone, "item_embedding", None), nn.Embedding):
             raise UnsupportedBackbone(
                 f"{name} has no nn.Embedding `item_embedding`: the fusion scores items with the backbone's item "
@@ -99,8 +135,19 @@ class StructureEncoder:
 
     @property
     def item_table(self) -> torch.Tensor:
-        """The item vectors ``v_i`` of ids ``0..n_items-1`` (a mask token's row left out)."""
-        return self.backbone.item_embedding.weight[: self.n_items]
+        """The item vectors ``v_i`` of ids ``0..n_items-1`` (a mask token's row left out; several
+        tables side by side for the models of :data:`ITEM_TABLES`)."""
+        if len(self.tables) == 1:
+            return self.tables[0].weight[: self.n_items]
+        return torch.cat([t.weight[: self.n_items] for t in self.tables], dim=1)
+
+    @property
+    def dim(self) -> int:
+        return sum(t.embedding_dim for t in self.tables)
+
+    def _fpmc(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, user: torch.Tensor) -> torch.Tensor:
+        last = item_seq.gather(1, (item_seq_len.long() - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        return torch.cat([self.backbone.UI_emb(user), self.backbone.LI_emb(last)], dim=1)
 
     def _with_mask(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """BERT4Rec's test input: the mask token after the last item, the oldest item dropped."""
@@ -111,6 +158,8 @@ class StructureEncoder:
     def __call__(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         if self.needs_user and user is None:
             raise ValueError(f"{type(self.backbone).__name__} needs the user of each prefix; pass user=.")
+        if type(self.backbone).__name__ in ITEM_TABLES:
+            return self._fpmc(item_seq, item_seq_len, user)
         if self.mask_token is not None:
             item_seq = self._with_mask(item_seq, item_seq_len)
         args = []

@@ -1,3 +1,13 @@
 from recbole_scalrec.trainer.trainer import Trainer, load_checkpoint, save_checkpoint
 
-__all__ = ["Trainer", "load_checkpoint", "save_checkpoint"]
+
+def __getattr__(name: str):
+    """``SCaLRecTrainer`` on first use (it imports the whole method)."""
+    if name == "SCaLRecTrainer":
+        from recbole_scalrec.trainer.scalrec_trainer import SCaLRecTrainer
+
+        return SCaLRecTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Trainer", "SCaLRecTrainer", "load_checkpoint", "save_checkpoint"]

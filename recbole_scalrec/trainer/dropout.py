@@ -38,6 +38,8 @@ def use_uniform_dropout(model: nn.Module) -> int:
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
-                setattr(parent, name, UniformDropout(child.p, child.inplace))
+                swapped_in = UniformDropout(child.p, child.inplace)
+                swapped_in.train(child.training)  # an evaluating model stays in evaluation mode
+                setattr(parent, name, swapped_in)
                 swapped += 1
     return swapped

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbole_scalrec.data.requests import TRAIN_PREFIXES  # noqa: F401 - re-exported
 from recbole_scalrec.data.sequences import UserSequences
 from recbole_scalrec.distributed import all_reduce_grads, all_reduce_sum, broadcast_object, rank_and_world
 from recbole_scalrec.fusion import FusionModel
@@ -55,7 +56,6 @@ from recbole_scalrec.trainer.last_position import use_last_position_forward
 
 logger = logging.getLogger(__name__)
 
-TRAIN_PREFIXES = ("all", "encoded")
 MISSING_SEMANTICS = ("latest", "structure_only")
 
 
@@ -111,12 +111,6 @@ class FusionTrainer:
         return (seq.to(self.device), length.to(self.device), None if h is None else h.to(self.device),
                 target.to(self.device), own, users)
 
-    def _train_logits(self, z_str: torch.Tensor, h: torch.Tensor | None, own: torch.Tensor | None) -> torch.Tensor:
-        logits = self.model.full_scores(z_str, self._z_sem(h))
-        if own is not None and self.missing == "structure_only" and not bool(own.all()):
-            logits = torch.where(own[:, None], logits, self.model.full_scores(z_str, None))
-        return logits
-
     def _z_sem(self, h: torch.Tensor | None) -> torch.Tensor | None:
         return None if h is None else self.model.semantic(h)
 
@@ -141,8 +135,9 @@ class FusionTrainer:
             seq, length, h, target, own, users = self._batch(train_ids[mine], train=True)
             if own is not None and weight:
                 self.own_counts += np.array([int(own.sum()), len(own)])
-            logits = self._train_logits(self._structure(seq, length, users), h, own)
-            loss_sum = F.cross_entropy(logits, target, reduction="sum") * weight
+            logits = self.model.train_logits(self._structure(seq, length, users), h, own, self.missing == "structure_only")
+            loss_sum = (F.cross_entropy(logits, target, reduction="sum")
+                        + self.model.regularisation(seq, target) * len(mine)) * weight
             self.optimizer.zero_grad(set_to_none=True)
             (loss_sum / len(batch)).backward()
             all_reduce_grads(params)

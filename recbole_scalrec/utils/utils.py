@@ -39,13 +39,18 @@ def shared_datasets_dir() -> Path:
 
 
 _SUBMODULES = ("sequential_recommender",)
-# The structure encoder is a sequential model; RecBole's other families are not searched (its
+# The structure encoder is a sequential model; RecBole's general models are found too (the
+# baselines compare with them, e.g. LightGCN). Its other families are not searched (its
 # exlib_recommender package would also import optional xgboost/lightgbm).
-_RECBOLE_SUBMODULES = ("sequential_recommender",)
+_RECBOLE_SUBMODULES = ("sequential_recommender", "general_recommender")
+
+
+WRAPPERS = frozenset({"SCaLRec"})  # the method's own model class, which wraps a structure encoder
 
 
 def list_sequential_models() -> list[str]:
-    """Names of the sequential models available (plug-in and RecBole)."""
+    """Names of the sequential models that can be the structure encoder (plug-in and RecBole;
+    the ``SCaLRec`` model class, which wraps one, is not listed)."""
     names = set()
     for pkg in ("recbole_scalrec.model.sequential_recommender", "recbole.model.sequential_recommender"):
         module = import_recbole_sequential() if pkg.startswith("recbole.") else importlib.import_module(pkg)
@@ -56,7 +61,7 @@ def list_sequential_models() -> list[str]:
                 n for n, obj in vars(sub).items()
                 if isinstance(obj, type) and obj.__module__ == sub.__name__ and n.lower() == info.name
             )
-    return sorted(names)
+    return sorted(names - WRAPPERS)
 
 
 def get_model(model_name: str):

@@ -355,7 +355,7 @@ class SURGE(SequentialRecommender):
         final_state = self._augru_final_state(x, alphas, node_mask)
         return self.output_mlp(torch.cat([final_state, readout, query, readout * query], dim=-1))
 
-    def _l2_penalty(self, item_ids: torch.Tensor) -> torch.Tensor | float:
+    def regularisation(self, item_ids: torch.Tensor) -> torch.Tensor | float:
         """Official regularisation: embed_l2 * l2(involved item embeddings) + layer_l2 * l2(other weights)."""
         penalty = 0.0
         if self.embed_l2 > 0:
@@ -382,7 +382,7 @@ class SURGE(SequentialRecommender):
             logits = z @ self.item_embedding.weight.transpose(0, 1)
             loss = self.loss_fct(logits, pos_items)
             involved = torch.cat([item_seq.flatten(), pos_items.flatten()])
-        return loss + self._l2_penalty(involved)
+        return loss + self.regularisation(involved)
 
     def predict(self, interaction):
         z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
