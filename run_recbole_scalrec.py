@@ -4,7 +4,7 @@ See ``--help`` for the SCaLRec configuration keys; any key can be set as ``--key
 """
 import sys
 
-from recbole_scalrec.quick_start import main
+from recbole_scalrec.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

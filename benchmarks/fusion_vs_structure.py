@@ -15,7 +15,7 @@ import json
 
 from recbole.utils import init_seed
 
-from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.model.fusion import FusionModel
 from recbole_scalrec.quick_start import build_run, load_dataset
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
 from recbole_scalrec.utils import get_model

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 def pipeline_abstracts(dataset: str, n: int, seed: int = 2020) -> list[str]:
     """``n`` abstracts of random prefixes, exactly as the pipeline writes them."""
-    from recbole_scalrec.abstract import AbstractBuilder
+    from recbole_scalrec.semantic.abstract import AbstractBuilder
     from recbole_scalrec.config import Config
     from recbole_scalrec.data.item_text import load_item_texts, load_request_texts
     from recbole_scalrec.data.prepare import ensure_prepared
@@ -52,7 +52,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from recbole_scalrec.semantic_encoder import SemanticEncoder, bf16_capable
+    from recbole_scalrec.semantic.encoder import SemanticEncoder, bf16_capable
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")

@@ -30,10 +30,10 @@ torch.set_num_threads(1)
 
 
 from recbole_scalrec.config import Config  # noqa: E402
-from recbole_scalrec.cues import CUE_NAMES  # noqa: E402
+from recbole_scalrec.staleness.cues import CUE_NAMES  # noqa: E402
 from recbole_scalrec.data.sequences import UserSequences  # noqa: E402
-from recbole_scalrec.methods import build_head  # noqa: E402
-from recbole_scalrec.on_device import OnDeviceReranker  # noqa: E402
+from recbole_scalrec.staleness.methods import build_head  # noqa: E402
+from recbole_scalrec.staleness.on_device import OnDeviceReranker  # noqa: E402
 from recbole_scalrec.quick_start import load_dataset  # noqa: E402
 from recbole_scalrec.utils import get_model  # noqa: E402
 

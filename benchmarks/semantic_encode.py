@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from recbole_scalrec.semantic_encoder import SemanticEncoder, default_model_path
+    from recbole_scalrec.semantic.encoder import SemanticEncoder, default_model_path
 
     path = str(args.lm_path or default_model_path())
     texts = build_abstracts(args.n)

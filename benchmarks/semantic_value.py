@@ -8,7 +8,7 @@
 Side by side in one run, per seed, on one split and one order (each user's interactions sorted as
 RecBole sorts them, ``timestamp_sort: recbole``, so the stock model and ours see the same training
 targets and test requests) and scored by one evaluator (full ranking over all items on each user's
-test request, :func:`recbole_scalrec.protocol.full_ranking_metrics`):
+test request, :func:`recbole_scalrec.staleness.protocol.full_ranking_metrics`):
 
 (a) ``stock``: RecBole's own backbone class trained by RecBole's ``Trainer`` (``create_dataset``,
     ``data_preparation``, ``fit`` with validation early stopping on NDCG@10, the same ``epochs``
@@ -43,11 +43,11 @@ from recbole.utils import init_seed
 
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.prepare import ensure_prepared
-from recbole_scalrec.fusion import FusionModel, score_all
-from recbole_scalrec.item_init import item_text_vectors
-from recbole_scalrec.protocol import evaluate_staleness, full_ranking_metrics, metrics_from_ranks
+from recbole_scalrec.model.fusion import FusionModel, score_all
+from recbole_scalrec.model.item_init import item_text_vectors
+from recbole_scalrec.staleness.protocol import evaluate_staleness, full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.quick_start import build_run
-from recbole_scalrec.semantic_encoder import SemanticEncoder
+from recbole_scalrec.semantic.encoder import SemanticEncoder
 from recbole_scalrec.trainer import Trainer
 from recbole_scalrec.trainer.trainer import load_checkpoint
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer

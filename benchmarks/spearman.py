@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from recbole_scalrec.cues import batched_spearman
+from recbole_scalrec.staleness.cues import batched_spearman
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from recbole.utils import init_seed
 
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.model.fusion import FusionModel
 from recbole_scalrec.quick_start import load_dataset
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
 from recbole_scalrec.utils import get_model

@@ -37,7 +37,7 @@ from recbole.utils import init_seed
 from recbole_scalrec.config import Config
 from recbole_scalrec.data.sequences import UserSequences
 from recbole_scalrec.distributed import is_main, launch, rank_and_world, spec_from_config
-from recbole_scalrec.fusion import FusionModel
+from recbole_scalrec.model.fusion import FusionModel
 from recbole_scalrec.quick_start import load_dataset
 from recbole_scalrec.trainer import Trainer
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer

@@ -20,7 +20,7 @@ group and patches the rank's config instead:
 Files: only rank 0 writes checkpoints and results; the other ranks never read a checkpoint
 (rank 0 reads it and broadcasts the weights), so no rank reads a file another is writing.
 The semantic cache is filled by all ranks together (each writes its own chunk files, see
-:mod:`recbole_scalrec.semantic_cache`).
+:mod:`recbole_scalrec.semantic.cache`).
 """
 from __future__ import annotations
 

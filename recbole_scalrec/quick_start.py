@@ -1,8 +1,12 @@
-"""The SCaLRec pipeline, end to end (METHOD.md Sec. 1-8).
+"""The SCaLRec pipeline, end to end (METHOD.md Sec. 1-8), in RecBole's order:
 
-load data -> device abstracts -> cloud semantics (cached LM outputs) -> stage 1 fusion
-backbone -> per-prefix states (z_str, z_sem, candidates) -> stage 2 heads -> staleness
-evaluation -> results files.
+``Config`` -> :class:`~recbole_scalrec.data.dataset.SCaLRecDataset` (RecBole's sequential dataset in
+the protocol's order, with the cloud semantics of every needed prefix: abstracts, LM, on-disk cache)
+-> :class:`~recbole_scalrec.model.sequential_recommender.scalrec.SCaLRec` (backbone, ``g_omega``,
+staleness heads) -> :class:`~recbole_scalrec.trainer.scalrec_trainer.SCaLRecTrainer` (stage 1 with
+its keyed checkpoint, per-prefix states, stage 2) -> the staleness protocol -> results files
+(:mod:`recbole_scalrec.results`). The command line is :mod:`recbole_scalrec.cli`; stage timings
+:class:`~recbole_scalrec.utils.timer.Timer`.
 
 Reliability:
 
@@ -22,9 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,32 +39,20 @@ from recbole_scalrec.data.dataset import SCaLRecDataset
 from recbole_scalrec.data.prepare import ensure_prepared
 from recbole_scalrec.data.requests import STAGE2_REQUESTS, needed_prefixes, resolve_real_timestamps  # noqa: F401
 from recbole_scalrec.data.sequences import UserSequences, raw_user_count
-from recbole_scalrec.diagnostics import format_internals
-from recbole_scalrec.fusion import FusionModel
-from recbole_scalrec.methods import FIXED_METHODS, REPAIR_SUFFIX
+from recbole_scalrec.model.fusion import FusionModel
 from recbole_scalrec.model.sequential_recommender.scalrec import SCaLRec
 from recbole_scalrec.model.structure_encoder import check_backbone
 from recbole_scalrec.results import write_results
-from recbole_scalrec.semantic_channel import fingerprint
-from recbole_scalrec.snapshot import PrefixStates
+from recbole_scalrec.semantic.channel import fingerprint
+from recbole_scalrec.staleness.diagnostics import format_internals
+from recbole_scalrec.staleness.methods import FIXED_METHODS, REPAIR_SUFFIX
+from recbole_scalrec.staleness.snapshot import PrefixStates
 from recbole_scalrec.trainer.scalrec_trainer import SCaLRecTrainer, prepare_stage1  # noqa: F401
 from recbole_scalrec.trainer.stage1_checkpoint import (  # noqa: F401 - public names of this module before
     STAGE1_IRRELEVANT_KEYS, CheckpointMismatchError, check_stage1_checkpoint, stage1_key)
+from recbole_scalrec.utils.timer import Timer
 
 logger = logging.getLogger(__name__)
-
-
-class Timer:
-    """Wall seconds per pipeline stage (``results.json``'s ``timings_s``)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def load_dataset(config) -> SCaLRecDataset:
@@ -277,50 +266,5 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str,
     return summary
 
 
-def _documented_keys() -> str:
-    """``key  default  # meaning`` of every plug-in yaml key, for ``--help``."""
-    from recbole_scalrec.utils import properties_dir
-
-    lines = []
-    for name in ("overall.yaml", "model/SCaLRec.yaml"):
-        lines.append(f"\n{name}:")
-        for raw in (properties_dir() / name).read_text(encoding="utf-8").splitlines():
-            if raw and not raw.startswith((" ", "#")) and ":" in raw:
-                lines.append("  " + raw)
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``--model``, ``--dataset``, ``--config_files`` and RecBole-style ``--key=value``."""
-    import argparse
-
-    from recbole_scalrec.config.configurator import ConfigError, parse_cli_overrides
-
-    parser = argparse.ArgumentParser(
-        prog="run_recbole_scalrec.py",
-        description="SCaLRec on a RecBole sequential backbone: stage 1, stage 2 and the staleness evaluation.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-        epilog="Any configuration key can be overridden as --key=value (RecBole syntax), e.g. --epochs=1 "
-               "--data_path=DIR --seed=7 --item_text_fields=\"['title']\".\nSCaLRec keys (defaults):" + _documented_keys(),
-    )
-    parser.add_argument("--model", "-m", default="SASRec",
-                        help="structure encoder: a RecBole or plug-in sequential model; or SCaLRec with --backbone=<model>")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (a folder of RecBole atomic files)")
-    parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        overrides = parse_cli_overrides(rest)
-    except ConfigError as err:
-        parser.error(str(err))
-    files = args.config_files.strip().split(" ") if args.config_files else None
-    try:
-        run_recbole_scalrec(model=args.model, dataset=args.dataset, config_file_list=files, config_dict=overrides)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as err:
-        # bad inputs (data, configuration, checkpoints, NaN from the LM): one line, no traceback
-        if os.environ.get("SCALREC_DEBUG"):
-            raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+# the command line (run_recbole_scalrec.py) lives in recbole_scalrec.cli; kept importable from here
+from recbole_scalrec.cli import main  # noqa: E402,F401

@@ -72,7 +72,7 @@ def write_tiny_lm(folder: str) -> str:
     import torch
     from transformers import BertConfig, BertModel
 
-    from recbole_scalrec.semantic_encoder import default_model_path
+    from recbole_scalrec.semantic.encoder import default_model_path
 
     os.makedirs(folder, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):

@@ -1,4 +1,4 @@
-"""The device abstract a(t) (recbole_scalrec/abstract.py, METHOD.md Sec. 1): exact template
+"""The device abstract a(t) (recbole_scalrec/semantic/abstract.py, METHOD.md Sec. 1): exact template
 strings on hand-built sequences, and known prefixes of the real datasets (foursquare and redial
 converted from the shared copy, ml-100k from RecBole's shipped example)."""
 import csv
@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from recbole_scalrec.abstract import AbstractBuilder, part_of_day
+from recbole_scalrec.semantic.abstract import AbstractBuilder, part_of_day
 from recbole_scalrec.data.sequences import UserSequences
 
 TEXTS = ["", "Alpha", "Beta", "Gamma", "Delta", "Epsilon", "Zeta", "Eta"]

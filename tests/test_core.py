@@ -6,16 +6,16 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from recbole_scalrec.calibrator import Shrink, bounded_correction, corrected_semantics
-from recbole_scalrec.cues import average_ranks, batched_spearman, compute_cues
+from recbole_scalrec.staleness.calibrator import Shrink, bounded_correction, corrected_semantics
+from recbole_scalrec.staleness.cues import average_ranks, batched_spearman, compute_cues
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.fusion import score_all, score_candidates
-from recbole_scalrec.estimator import fit_target_scale, reliability_target
-from recbole_scalrec.methods import (
+from recbole_scalrec.model.fusion import score_all, score_candidates
+from recbole_scalrec.staleness.estimator import fit_target_scale, reliability_target
+from recbole_scalrec.staleness.methods import (
     METHODS, TRAINED_METHODS, DynamicFusionHead, GateHead, SCaLRecHead, adjustment, build_head, method_scores,
 )
-from recbole_scalrec.protocol import evaluate_staleness, metrics_from_ranks, target_ranks
-from recbole_scalrec.snapshot import PrefixStates, refresh_gaps, repair_candidates, stale_requests
+from recbole_scalrec.staleness.protocol import evaluate_staleness, metrics_from_ranks, target_ranks
+from recbole_scalrec.staleness.snapshot import PrefixStates, refresh_gaps, repair_candidates, stale_requests
 
 
 def make_sequences(lengths=(5, 3, 8), n_items=20, seed=0) -> UserSequences:
@@ -215,7 +215,7 @@ def test_repair_adds_the_best_fresh_structure_items_not_yet_held():
         best = sorted(rest, key=lambda i: -float(scores[i]))[:4]
         assert extra == best
     assert repair_candidates(req, table, 0) is req
-    from recbole_scalrec.on_device import OnDeviceReranker
+    from recbole_scalrec.staleness.on_device import OnDeviceReranker
 
     device = OnDeviceReranker(SCaLRecHead(8, 7, 0.5), table)
     for b in range(len(req)):  # the device's one-request kernel adds the same items in the same order
@@ -259,7 +259,7 @@ def test_protocol_records_internals_and_repairs_in_s2_only():
 @pytest.mark.parametrize("head_kwargs", [{}, {"use_estimator": False}, {"calibrator_cues": False}, {"shrink": True},
                                          {"shrink": True, "calibrator_cues": False}])
 def test_on_device_reranker_matches_the_batched_path(head_kwargs):
-    from recbole_scalrec.on_device import OnDeviceReranker
+    from recbole_scalrec.staleness.on_device import OnDeviceReranker
 
     seq = make_sequences(lengths=(30, 25))
     states = _states(seq, n_cand=12)

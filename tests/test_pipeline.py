@@ -88,7 +88,7 @@ def test_warm_run_makes_no_lm_calls_and_reuses_stage1(tiny_run):
 
 def test_zero_gap_gives_reliability_near_one_and_small_correction(tmp_path):
     """After stage 2, Delta = 0 requests get r close to 1 and a near-zero correction."""
-    from recbole_scalrec.methods import request_cues
+    from recbole_scalrec.staleness.methods import request_cues
     from recbole_scalrec.quick_start import build_run
 
     write_synthetic_dataset(str(tmp_path / "data"), "tiny")
@@ -98,7 +98,7 @@ def test_zero_gap_gives_reliability_near_one_and_small_correction(tmp_path):
                            stage2_tie_tolerance=0.001)  # tiny data: NDCG flat to 1e-4, select the trained head
     run = build_run(model="SASRec", dataset="tiny", config_dict=cfg)
     head = run.heads["scalrec"]
-    from recbole_scalrec.snapshot import stale_requests
+    from recbole_scalrec.staleness.snapshot import stale_requests
 
     req = stale_requests(run.states, run.sequences, run.prefixes["test"], 0, s2=True)
     with torch.no_grad():
@@ -156,7 +156,7 @@ def test_full_pipeline_with_surge_backbone(tmp_path):
 
 
 def test_report_aggregates_a_run(tiny_run, tmp_path):
-    from recbole_scalrec.report import draw_figures, load_runs, mean_payload, recovery, report, seed_verdict
+    from recbole_scalrec.experiments.report import draw_figures, load_runs, mean_payload, recovery, report, seed_verdict
 
     root, _, _ = tiny_run
     runs = load_runs([str(root / "out")])
@@ -183,7 +183,7 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
 
 
 def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
-    from recbole_scalrec.sweep import SWEEP_GAPS, mean_over_gaps, run_sweep
+    from recbole_scalrec.experiments.sweep import SWEEP_GAPS, mean_over_gaps, run_sweep
 
     root, cfg, result = tiny_run
     overrides = {k: v for k, v in cfg.items() if k not in ("results_dir", "seed")}
@@ -206,7 +206,7 @@ def test_sweep_reuses_stage1_and_reports_the_mean_over_gaps(tiny_run, tmp_path):
 
 
 def test_sweep_merges_seeds_and_draws_one_panel_per_key(tmp_path):
-    from recbole_scalrec.sweep import draw_sweeps, merge_seeds
+    from recbole_scalrec.experiments.sweep import draw_sweeps, merge_seeds
 
     def row(value, seed):
         return {"correction_radius": value, "scalrec_ndcg@10": 0.1 * value + seed, "scalrec_hit@10": 0.2,

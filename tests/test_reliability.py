@@ -140,7 +140,7 @@ def test_corrupted_cache_chunk_is_rebuilt_through_the_pipeline(env, two_runs):
 
 def test_interrupted_precompute_resumes_to_identical_embeddings(env, two_runs, monkeypatch):
     from recbole_scalrec.quick_start import run_recbole_scalrec
-    from recbole_scalrec.semantic_encoder import SemanticEncoder
+    from recbole_scalrec.semantic.encoder import SemanticEncoder
 
     real_encode = SemanticEncoder.encode
     calls = []
@@ -263,7 +263,7 @@ def _cli(env, capsys, *args):
 
 
 def test_cli_reports_bad_inputs_without_traceback(env, tmp_path, capsys, monkeypatch):
-    from recbole_scalrec.semantic_encoder import SemanticEncoder
+    from recbole_scalrec.semantic.encoder import SemanticEncoder
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     common = ["--dataset=tiny", f"--data_path={env / 'data'}", f"--results_dir={out}", f"--semantic_cache_dir={cache}"]

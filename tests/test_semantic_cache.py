@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from recbole_scalrec.semantic_cache import SemanticCache  # noqa: E402
+from recbole_scalrec.semantic.cache import SemanticCache  # noqa: E402
 from synthetic import FakeEncoder  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def test_resume_after_interrupted_run(tmp_path):
 
 
 def test_resume_with_real_encoder(tmp_path):
-    from recbole_scalrec.semantic_encoder import SemanticEncoder
+    from recbole_scalrec.semantic.encoder import SemanticEncoder
 
     enc = SemanticEncoder(batch_size=4)
     ids = np.arange(10, dtype=np.int64)

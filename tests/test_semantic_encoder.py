@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from recbole_scalrec.semantic_encoder import SemanticEncoder, default_model_path  # noqa: E402
+from recbole_scalrec.semantic.encoder import SemanticEncoder, default_model_path  # noqa: E402
 
 TEXTS = [
     "Recent items (newest first): Toy Story (1995) [Animation, Children's, Comedy]; time: Tuesday evening",
@@ -134,7 +134,7 @@ def test_bf16_keeps_the_vectors_and_changes_the_cache_key(encoder):
 
 
 def test_auto_precision_follows_the_hardware_and_the_probe(monkeypatch):
-    import recbole_scalrec.semantic_encoder as se
+    import recbole_scalrec.semantic.encoder as se
 
     monkeypatch.setattr(se, "bf16_capable", lambda device: False)
     plain = SemanticEncoder(precision="auto")

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # --- the device cache lookup -------------------------------------------------------------------
 
 def test_at_or_before_takes_the_latest_stored_prefix_of_the_same_user():
-    from recbole_scalrec.snapshot import PrefixTable
+    from recbole_scalrec.staleness.snapshot import PrefixTable
 
     table = PrefixTable(np.array([10, 0, 3, 6]), np.arange(4, dtype=np.float32)[:, None] * [[1.0, -1.0]])
     values, own = table.at_or_before(np.array([0, 1, 2, 3, 5, 7, 12]), floors=np.zeros(7, dtype=np.int64))
@@ -76,7 +76,7 @@ def test_stage1_records_the_conditioning_and_item_init(strided_run):
 # --- the LM-initialised item table ------------------------------------------------------------
 
 def test_pca_project_matches_numpy_pca():
-    from recbole_scalrec.item_init import pca_project
+    from recbole_scalrec.model.item_init import pca_project
 
     x = np.random.default_rng(0).standard_normal((50, 12)) @ np.diag(np.linspace(3, 0.1, 12))
     got = pca_project(x.astype(np.float32), 4)
@@ -87,7 +87,7 @@ def test_pca_project_matches_numpy_pca():
 
 
 def test_lm_init_equals_the_pca_projection_up_to_scale():
-    from recbole_scalrec.item_init import init_item_table, pca_project
+    from recbole_scalrec.model.item_init import init_item_table, pca_project
 
     torch.manual_seed(0)
     table = nn.Embedding(21, 6, padding_idx=0)
@@ -106,7 +106,7 @@ def test_lm_init_equals_the_pca_projection_up_to_scale():
 
 
 def test_missing_item_text_keeps_a_random_vector_and_is_logged(tmp_path, caplog):
-    from recbole_scalrec.item_init import lm_initialise_items
+    from recbole_scalrec.model.item_init import lm_initialise_items
 
     class Backbone(nn.Module):
         def __init__(self):
@@ -117,7 +117,7 @@ def test_missing_item_text_keeps_a_random_vector_and_is_logged(tmp_path, caplog)
     backbone = Backbone()
     before = backbone.item_embedding.weight.detach().clone()
     texts = ["[PAD]", "a jazz song", "", "a rock song", "a folk song", "  "]
-    with caplog.at_level(logging.INFO, logger="recbole_scalrec.item_init"):
+    with caplog.at_level(logging.INFO, logger="recbole_scalrec.model.item_init"):
         info = lm_initialise_items(backbone, texts, FakeEncoder(), str(tmp_path), "tiny")
     weight = backbone.item_embedding.weight.detach()
     for item in (0, 2, 5):  # padding and the items without text
@@ -133,7 +133,7 @@ def test_missing_item_text_keeps_a_random_vector_and_is_logged(tmp_path, caplog)
 
 
 def test_backbone_without_item_table_gets_a_clear_error():
-    from recbole_scalrec.item_init import lm_initialise_items
+    from recbole_scalrec.model.item_init import lm_initialise_items
 
     with pytest.raises(TypeError, match="item_embedding_init: random"):
         lm_initialise_items(nn.Linear(2, 2), ["", "x"], FakeEncoder(), "/nonexistent", "tiny")
@@ -192,7 +192,7 @@ def test_real_timestamps_auto(times, real, caplog):
 
 def test_order_index_data_gets_no_time_words(tmp_path):
     """A dataset whose timestamps are an order index: abstracts carry no 'Time:' line."""
-    from recbole_scalrec.abstract import AbstractBuilder
+    from recbole_scalrec.semantic.abstract import AbstractBuilder
     from recbole_scalrec.config import Config
     from recbole_scalrec.data.item_text import load_item_texts, load_request_texts
     from recbole_scalrec.data.sequences import UserSequences

@@ -7,10 +7,10 @@ the fresh ones, and the device's cues (gap, structure drift) can tell.
 import numpy as np
 import torch
 
-from recbole_scalrec.fusion import retrieve_candidates, score_all
-from recbole_scalrec.methods import build_head
-from recbole_scalrec.protocol import evaluate_staleness
-from recbole_scalrec.snapshot import PrefixStates
+from recbole_scalrec.model.fusion import retrieve_candidates, score_all
+from recbole_scalrec.staleness.methods import build_head
+from recbole_scalrec.staleness.protocol import evaluate_staleness
+from recbole_scalrec.staleness.snapshot import PrefixStates
 from recbole_scalrec.trainer.calibration_trainer import CalibrationTrainer
 from test_core import make_sequences
 

@@ -21,7 +21,7 @@ What it adds to RecBole's sequential dataset:
 Used as RecBole uses a dataset class: ``create_dataset(config)`` (this package's, which looks here
 first) and RecBole's ``data_preparation``. Other models can train on it too (the extra fields are
 ignored), which is how the baselines see exactly SCaLRec's split
-(:mod:`recbole_scalrec.baselines`).
+(:mod:`recbole_scalrec.experiments.baselines`).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from recbole.utils import FeatureSource, FeatureType
 
 from recbole_scalrec.data.requests import resolve_real_timestamps
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.semantic_channel import SemanticChannel, encode_semantics
+from recbole_scalrec.semantic.channel import SemanticChannel, encode_semantics
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class SCaLRecDataset(ProtocolOrder, SequentialDataset):
 
     def encode_semantics(self, **kwargs) -> SemanticChannel:
         """Encode (or read from the cache) ``h`` of every prefix the run needs, once; keyword
-        arguments go to :func:`recbole_scalrec.semantic_channel.encode_semantics`."""
+        arguments go to :func:`recbole_scalrec.semantic.channel.encode_semantics`."""
         if self.semantics is None:
             if isinstance(self.inter_feat, Interaction):
                 raise RuntimeError("encode_semantics() must run before build(): it reads the raw interaction table.")

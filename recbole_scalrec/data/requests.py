@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.snapshot import refresh_gaps
+from recbole_scalrec.staleness.snapshot import refresh_gaps
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from recbole_scalrec.data.sequences import UserSequences
-from recbole_scalrec.estimator import candidate_log_probs, fit_target_scale, kl_div, mismatch, reliability_target
-from recbole_scalrec.methods import StalenessHead, adjustment, request_cues
-from recbole_scalrec.protocol import evaluate_staleness, mean_ndcg10
-from recbole_scalrec.snapshot import PrefixStates, StaleRequests, stale_requests
+from recbole_scalrec.staleness.estimator import candidate_log_probs, fit_target_scale, kl_div, mismatch, reliability_target
+from recbole_scalrec.staleness.methods import StalenessHead, adjustment, request_cues
+from recbole_scalrec.staleness.protocol import evaluate_staleness, mean_ndcg10
+from recbole_scalrec.staleness.snapshot import PrefixStates, StaleRequests, stale_requests
 
 logger = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from recbole_scalrec.data.requests import TRAIN_PREFIXES  # noqa: F401 - re-exported
 from recbole_scalrec.data.sequences import UserSequences
 from recbole_scalrec.distributed import all_reduce_grads, all_reduce_sum, broadcast_object, rank_and_world
-from recbole_scalrec.fusion import FusionModel
-from recbole_scalrec.protocol import full_ranking_metrics, metrics_from_ranks
-from recbole_scalrec.snapshot import PrefixTable
+from recbole_scalrec.model.fusion import FusionModel
+from recbole_scalrec.staleness.protocol import full_ranking_metrics, metrics_from_ranks
+from recbole_scalrec.staleness.snapshot import PrefixTable
 from recbole_scalrec.trainer.activation import use_fused_gelu
 from recbole_scalrec.trainer.dropout import use_uniform_dropout
 from recbole_scalrec.trainer.last_position import use_last_position_forward

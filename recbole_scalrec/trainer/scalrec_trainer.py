@@ -11,13 +11,13 @@
    stopping on validation NDCG@10; optionally reused from a keyed checkpoint
    (:mod:`recbole_scalrec.trainer.stage1_checkpoint`);
 2. **stage 2** (:meth:`~SCaLRecTrainer.fit_stage2`): with the stage-1 model frozen, its per-prefix
-   states (:class:`~recbole_scalrec.snapshot.PrefixStates`) are computed once and every staleness head
+   states (:class:`~recbole_scalrec.staleness.snapshot.PrefixStates`) are computed once and every staleness head
    of the model is trained by distillation
    (:class:`~recbole_scalrec.trainer.calibration_trainer.CalibrationTrainer`).
 
 :meth:`SCaLRecTrainer.evaluate` is RecBole's evaluator on the fused model (full sort, fresh
 semantics); :meth:`SCaLRecTrainer.evaluate_staleness` is the staleness protocol (every method x gap x
-setting on the candidate sets, :func:`recbole_scalrec.protocol.evaluate_staleness`).
+setting on the candidate sets, :func:`recbole_scalrec.staleness.protocol.evaluate_staleness`).
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from recbole_scalrec import distributed
-from recbole_scalrec.item_init import ITEM_INIT_MODES, lm_initialise_items
-from recbole_scalrec.protocol import evaluate_staleness
-from recbole_scalrec.semantic_channel import SemanticChannel
-from recbole_scalrec.snapshot import PrefixStates, PrefixTable, refresh_gaps
+from recbole_scalrec.model.item_init import ITEM_INIT_MODES, lm_initialise_items
+from recbole_scalrec.staleness.protocol import evaluate_staleness
+from recbole_scalrec.semantic.channel import SemanticChannel
+from recbole_scalrec.staleness.snapshot import PrefixStates, PrefixTable, refresh_gaps
 from recbole_scalrec.trainer.calibration_trainer import CalibrationTrainer
 from recbole_scalrec.trainer.fusion_trainer import FusionTrainer
 from recbole_scalrec.trainer.stage1_checkpoint import CheckpointMismatchError, check_stage1_checkpoint, plain_key
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 def prepare_stage1(config, fusion, train_semantic: PrefixTable, item_texts: list[str], encoder) -> dict:
     """Before stage 1 trains: condition ``h`` with the encoded training prefixes' statistics
     (``semantic_conditioning``) and initialise the item table from the LM (``item_embedding_init``,
-    :mod:`recbole_scalrec.item_init`); a summary of both for ``results.json``."""
+    :mod:`recbole_scalrec.model.item_init`); a summary of both for ``results.json``."""
     info = {"semantic_conditioning": fusion.conditioner.fit(train_semantic.values)}
     mode = config["item_embedding_init"] or "random"
     if mode not in ITEM_INIT_MODES:
@@ -180,7 +180,7 @@ class SCaLRecTrainer(Trainer):
         """The staleness protocol on the requests of ``eval_data`` (or ``prefix_ids``): one row per
         method x gap x setting (``eval_gaps`` / ``eval_settings``), or with ``refresh_interval``
         the intermittent-refresh rows; methods default to the fixed ones and the model's heads."""
-        from recbole_scalrec.methods import FIXED_METHODS
+        from recbole_scalrec.staleness.methods import FIXED_METHODS
 
         cfg = self.config
         ids = prefix_ids if prefix_ids is not None else _prefix_ids(eval_data)

@@ -30,14 +30,14 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_scalrec.data.dataset import OWN_FIELD, SEMANTIC_FIELD
-from recbole_scalrec.fusion import FusionModel
-from recbole_scalrec.methods import build_head
+from recbole_scalrec.model.fusion import FusionModel
+from recbole_scalrec.staleness.methods import build_head
 from recbole_scalrec.model.structure_encoder import backbone_dataset, check_backbone
 
 
 class SCaLRec(SequentialRecommender):
     """See the module docstring. ``dataset`` must carry the semantics (``dataset.semantics``, a
-    :class:`~recbole_scalrec.semantic_channel.SemanticChannel`): build it with
+    :class:`~recbole_scalrec.semantic.channel.SemanticChannel`): build it with
     :func:`recbole_scalrec.data.create_dataset` and RecBole's ``data_preparation``."""
 
     input_type = InputType.POINTWISE
