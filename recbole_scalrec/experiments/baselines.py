@@ -1,6 +1,6 @@
 """Stock RecBole models on SCaLRec's split, by RecBole's own trainer and evaluator, beside SCaLRec.
 
-    python -m recbole_scalrec.experiments.baselines --models SASRec GRU4Rec BERT4Rec LightGCN --dataset foursquare \
+    python -m recbole_scalrec.baselines --models SASRec GRU4Rec BERT4Rec LightGCN --dataset foursquare \
         [--seed 2020] [--epochs 30] [--scalrec-results DIR] [--mask-history] [--key=value ...]
 
 Each model is RecBole's class, trained by RecBole's ``Trainer`` (this package's subclass only writes
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from recbole_scalrec.compat import import_recbole_sequential, patch_scipy_dok_update
     from recbole_scalrec.config.configurator import parse_cli_overrides
 
-    parser = argparse.ArgumentParser(prog="python -m recbole_scalrec.experiments.baselines", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m recbole_scalrec.baselines", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["SASRec", "GRU4Rec", "BERT4Rec", "LightGCN"])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--seed", type=int, default=2020)

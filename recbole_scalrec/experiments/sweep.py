@@ -1,9 +1,9 @@
 """Sensitivity sweeps of SCaLRec's stage-2 settings (rho, tau, lambda_rel, lambda_reg; the paper's Fig. 4).
 
-    python -m recbole_scalrec.experiments.sweep --dataset redial --param correction_radius --values 0.05 0.1 0.2 0.5 1.0 \
+    python -m recbole_scalrec.sweep --dataset redial --param correction_radius --values 0.05 0.1 0.2 0.5 1.0 \
         [--model SASRec] [--seeds 2020 2021 2022] [--out docs/results/sweeps] [--key=value ...]
-    python -m recbole_scalrec.experiments.sweep ... --seeds 2020 2021 --reuse   # merge seeds run in separate processes
-    python -m recbole_scalrec.experiments.sweep --plot docs/results/sweeps/redial-SASRec --figure docs/figures/sweep-redial.png
+    python -m recbole_scalrec.sweep ... --seeds 2020 2021 --reuse   # merge seeds run in separate processes
+    python -m recbole_scalrec.sweep --plot docs/results/sweeps/redial-SASRec --figure docs/figures/sweep-redial.png
 
 Each (value, seed) is one pipeline run (:func:`recbole_scalrec.quick_start.run_recbole_scalrec`) with
 ``stage2_methods: [scalrec]`` into ``<out>/<dataset>-<model>-seed<seed>/<param>=<value>/``; the runs
@@ -142,7 +142,7 @@ def _value(text: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     from recbole_scalrec.config.configurator import parse_cli_overrides
 
-    parser = argparse.ArgumentParser(prog="python -m recbole_scalrec.experiments.sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m recbole_scalrec.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--param", choices=SWEPT_KEYS + CHOICE_KEYS)
     parser.add_argument("--values", nargs="+", type=_value)
     parser.add_argument("--model", default="SASRec")

@@ -64,7 +64,7 @@ def check_backbone(name: str) -> None:
     kind = getattr(get_model(name), "type", None)
     if kind != ModelType.SEQUENTIAL:
         raise UnsupportedBackbone(f"{name} is a {getattr(kind, 'name', kind)} model, not a sequential one, so it cannot be the "
-                                  f"structure encoder; compare with it by python -m recbole_scalrec.experiments.baselines --models {name}.")
+                                  f"structure encoder; compare with it by python -m recbole_scalrec.baselines --models {name}.")
 
 
 def backbone_dataset(name: str, config, dataset):
