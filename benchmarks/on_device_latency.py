@@ -8,7 +8,10 @@ estimator (Eq. 11), calibrator + bounded correction (Eqs. 12-14) and the Eq. 4 r
 ``candidate_size`` candidates — on the exported :class:`OnDeviceReranker` (one compiled call;
 the timed region starts when the request's inputs are in hand); and, separately, the candidate
 repair of the ``+repair`` methods (``repair_size`` items by the fresh structure score over the
-whole item table, METHOD.md Sec. 10). Latency does not
+whole item table, METHOD.md Sec. 10); and the whole device path (structure encoder, cues, estimator,
+calibrator, rerank) per request three ways: eager PyTorch (:class:`recbole_scalrec.export.DevicePath`),
+PyTorch encode + the numba kernel, and the same path exported to ONNX and run by onnxruntime (CPU
+provider, one thread; ``onnx_us_p50`` target <= 200, file size ``onnx_bytes``). Latency does not
 depend on trained weight values, so freshly initialised weights of the configured sizes
 are used. Last line: one JSON object (``overhead_us_p50`` target <= 100,
 ``overhead_ratio`` <= 0.10, ``device_params`` <= 100000; ``repair_us_p50``).
@@ -41,6 +44,49 @@ from recbole_scalrec.utils import get_model  # noqa: E402
 def percentiles(samples_s: list[float]) -> tuple[float, float]:
     us = np.asarray(samples_s) * 1e6
     return float(np.percentile(us, 50)), float(np.percentile(us, 95))
+
+
+def whole_path(config, backbone, head, data, seqs, requests, repeats: int) -> dict:
+    """The whole device path at batch 1: eager torch and onnxruntime (when installed), p50/p95 us."""
+    import tempfile
+
+    from recbole_scalrec.export import DevicePath, export_device_path, latency_us, session
+    from recbole_scalrec.model.fusion import FusionModel
+
+    fusion = FusionModel(backbone, 384).eval()
+    module = DevicePath(fusion, head, config["spearman_top_m"]).eval()
+    rng = np.random.default_rng(1)
+    n, d = len(requests), fusion.item_table.shape[1]
+    seq, length = seqs.gather_sequences(torch.as_tensor(requests), config["MAX_ITEM_LIST_LENGTH"])
+    inputs = {"item_seq": seq.numpy(), "item_seq_len": length.numpy(), "user": seqs.prefix_users(requests).numpy(),
+              "candidates": np.stack([rng.choice(np.arange(1, data.item_num), size=config["candidate_size"], replace=False)
+                                      for _ in range(n)]),
+              "z_str_snap": rng.standard_normal((n, d)).astype(np.float32),
+              "z_sem_snap": rng.standard_normal((n, d)).astype(np.float32), "gap": np.full(n, 5),
+              "length": seqs.prefix_length(requests).astype(np.float32), "density": np.full(n, 0.9, np.float32),
+              "per_day": np.full(n, 3.0, np.float32)}
+    names = ("item_seq", "item_seq_len", "user", "candidates", "z_str_snap", "z_sem_snap", "gap", "length", "density",
+             "per_day")
+    times = []
+    with torch.inference_mode():
+        for r in range(repeats + 50):
+            i = r % n
+            args = [torch.as_tensor(inputs[k][i : i + 1]) for k in names]
+            start = time.perf_counter()
+            module(*args)
+            if r >= 50:
+                times.append(time.perf_counter() - start)
+    p50, p95 = percentiles(times)
+    out = {"torch_path_us_p50": p50, "torch_path_us_p95": p95}
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return dict(out, onnx="onnxruntime not installed (pip install -e '.[device]')")
+    with tempfile.TemporaryDirectory() as tmp:
+        file = os.path.join(tmp, "device.onnx")
+        out["onnx_bytes"] = export_device_path(module, inputs, file)
+        lat = latency_us(session(file, threads=1), inputs, repeats)
+    return dict(out, onnx_us_p50=lat["p50_us"], onnx_us_p95=lat["p95_us"])
 
 
 def main() -> None:
@@ -84,6 +130,7 @@ def main() -> None:
                 encode_s.append(mid - start)
                 overhead_s.append(end - t1)
                 repair_s.append(after - end)
+    path = whole_path(config, backbone, head, data, seqs, requests, args.repeats)
     enc50, enc95 = percentiles(encode_s)
     ovh50, ovh95 = percentiles(overhead_s)
     rep50, rep95 = percentiles(repair_s)
@@ -102,10 +149,15 @@ def main() -> None:
         "repair_size": repair_size,
         "repair_us_p50": rep50,
         "repair_us_p95": rep95,
+        "numba_path_us_p50": float(np.percentile(np.add(encode_s, overhead_s) * 1e6, 50)),
+        **path,
     }
     print(f"structure encode p50 {enc50:.0f} us (p95 {enc95:.0f}); SCaLRec overhead p50 {ovh50:.0f} us "
           f"(p95 {ovh95:.0f}); ratio {figures['overhead_ratio']:.3f}; device params {figures['device_params']}; "
           f"candidate repair (+{repair_size} of {data.item_num} items) p50 {rep50:.0f} us (p95 {rep95:.0f})")
+    print(f"whole device path per request: eager torch p50 {path['torch_path_us_p50']:.0f} us; torch encode + numba "
+          f"p50 {figures['numba_path_us_p50']:.0f} us; onnxruntime p50 {path.get('onnx_us_p50', float('nan')):.0f} us "
+          f"(p95 {path.get('onnx_us_p95', float('nan')):.0f}; {path.get('onnx_bytes', 0) / 1e6:.2f} MB)")
     print(json.dumps(figures))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from recbole.utils import init_logger, init_seed
+from torch import nn
 
 from recbole_scalrec import distributed
 from recbole_scalrec.config import Config
@@ -48,6 +49,7 @@ from recbole_scalrec.staleness.diagnostics import format_internals
 from recbole_scalrec.staleness.methods import FIXED_METHODS, REPAIR_SUFFIX
 from recbole_scalrec.staleness.snapshot import PrefixStates
 from recbole_scalrec.trainer.scalrec_trainer import SCaLRecTrainer, prepare_stage1  # noqa: F401
+from recbole_scalrec.trainer.trainer import load_checkpoint, save_checkpoint
 from recbole_scalrec.trainer.stage1_checkpoint import (  # noqa: F401 - public names of this module before
     STAGE1_IRRELEVANT_KEYS, CheckpointMismatchError, check_stage1_checkpoint, stage1_key)
 from recbole_scalrec.utils.timer import Timer
@@ -88,9 +90,11 @@ class ScalRecRun:
 
 
 def build_run(model: str | None = None, dataset: str | None = None, config_file_list: list[str] | None = None,
-              config_dict: dict | None = None, saved: bool = True) -> ScalRecRun:
+              config_dict: dict | None = None, saved: bool = True, heads_file: str | None = None) -> ScalRecRun:
     """Config -> dataset (with its cloud semantics) -> model -> trainer (stage 1, stage 2); no
-    evaluation; see :func:`run_recbole_scalrec`.
+    evaluation; see :func:`run_recbole_scalrec`. With ``heads_file`` (a run's ``heads.pth``) the
+    trained stage-2 heads are loaded instead of trained (with the run's stage-1 checkpoint, the run
+    is rebuilt as it was: :func:`load_run`).
 
     In a process group (:mod:`recbole_scalrec.distributed`) every rank shares the semantic
     precompute and stage 1; ranks other than 0 return None after stage 1.
@@ -151,12 +155,44 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
     with timer.stage("states"):
         states = trainer.compute_states()
     with timer.stage("stage2"):
-        stage2_info = trainer.fit_stage2(prefixes["valid"])  # all heads on the same batches, one validation pass per epoch
+        if heads_file is None:
+            stage2_info = trainer.fit_stage2(prefixes["valid"])  # all heads on the same batches, one validation pass per epoch
+        else:
+            scalrec.heads.load_state_dict(load_checkpoint(heads_file)["state_dict"])
+            scalrec.heads.eval()
+            stage2_info = {"loaded": heads_file}
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": channel.cache_stats,
             "lm_precision": dict(channel.encoder.precision_info, precision=channel.encoder.precision),
             "n_users_raw": n_users_raw, "world_size": world, "semantic": channel.table, "trainer": trainer}
     return ScalRecRun(config, sequences, prefixes, scalrec.fusion, states, dict(scalrec.heads.items()), timer,
                       channel.lm_forward_calls, full_ranking, info)
+
+
+HEADS_FILE = "heads.pth"  # the trained stage-2 heads of a run folder (tensors only)
+# keys RecBole sets while it builds a Config (devices, process group): not read back from a results.json
+RUNTIME_KEYS = frozenset({"local_rank", "single_spec", "device", "gpu_id", "use_gpu", "state"})
+
+
+def load_run(results_dir: str) -> ScalRecRun:
+    """A finished run rebuilt from its folder: its configuration (``results.json``), its stage-1
+    checkpoint and its trained heads (``heads.pth``); the semantics come from the cache (no LM call
+    when it still holds them). Nothing in the folder is written."""
+    import json
+
+    with open(os.path.join(results_dir, "results.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    heads = os.path.join(results_dir, HEADS_FILE)
+    if not os.path.isfile(heads):
+        raise FileNotFoundError(f"{heads} is missing: the run was made before heads were saved; run it again.")
+    saved_config = {k: v for k, v in summary["config"].items() if k not in RUNTIME_KEYS}
+    if saved_config.get("data_path"):  # RecBole stored <data_path>/<dataset>
+        saved_config["data_path"] = os.path.dirname(os.path.normpath(saved_config["data_path"]))
+    config = dict(saved_config, stage1_checkpoint=summary["config"].get("stage1_checkpoint")
+                  or os.path.join(results_dir, "stage1.pth"), results_dir=results_dir, show_progress=False)
+    run = build_run(model=summary["model"], dataset=summary["dataset"], config_dict=config, saved=False, heads_file=heads)
+    if run.info["stage1"].get("checkpoint") != "reused":
+        raise ValueError(f"the stage-1 checkpoint of {results_dir} does not match its results.json; cannot rebuild the run.")
+    return run
 
 
 def run_methods(config) -> list[str]:
@@ -260,6 +296,8 @@ def _run_rank(model, dataset, config_file_list, config_dict, saved) -> dict[str,
             logger.info(f"test {r['setting']} gap {r['gap']:>2} {r['method']:>22}: {format_internals(r['internals'])}")
     if saved:
         paths = write_results(run.results_dir, summary, rows)
+        save_checkpoint({"state_dict": {k: v.detach().cpu() for k, v in nn.ModuleDict(run.heads).state_dict().items()},
+                         "methods": list(run.heads)}, os.path.join(run.results_dir, HEADS_FILE))
         logger.info(f"results written to {paths['results.json']}")
         print(open(paths["results.md"], encoding="utf-8").read())
     summary["results"] = [{k: v for k, v in r.items() if k != "ranks"} for r in rows]

@@ -25,6 +25,10 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     After one sort, a value's tie group spans ``[first, last]`` in the sorted row, found by
     binary search on both sides; its average rank is ``(first + last) / 2 + 1``.
     """
+    if torch.onnx.is_in_onnx_export():  # ONNX has no searchsorted: count pairwise (the same ranks)
+        below = (x.unsqueeze(-2) < x.unsqueeze(-1)).to(x.dtype).sum(-1)
+        ties = (x.unsqueeze(-2) == x.unsqueeze(-1)).to(x.dtype).sum(-1)  # includes the value itself
+        return below + (ties + 1.0) / 2.0
     ordered = torch.sort(x, dim=-1).values
     first = torch.searchsorted(ordered, x, right=False)
     past_last = torch.searchsorted(ordered, x, right=True)
