@@ -51,6 +51,8 @@ class SemanticChannel:
     cache_key: dict
     cache_stats: dict | None
     lm_forward_calls: int
+    builder: AbstractBuilder | None = None
+    cache: SemanticCache | None = None
 
     @property
     def dim(self) -> int:
@@ -70,6 +72,18 @@ class SemanticChannel:
         whether it is the prefix's own."""
         floors = self.sequences.offsets[self.sequences.user_of(prefix_ids)]
         return self.train_table.at_or_before(prefix_ids, floors)
+
+    def extend(self, prefix_ids: np.ndarray, show_progress: bool = False) -> PrefixTable:
+        """``h`` of ``prefix_ids`` as well (encoded through the same cache, LM calls counted in
+        :attr:`lm_forward_calls`); :attr:`table` then holds the union, which is returned."""
+        wanted = np.union1d(self.table.ids, np.asarray(prefix_ids, dtype=np.int64))
+        if len(wanted) == len(self.table.ids):
+            return self.table
+        before = self.encoder.forward_calls
+        h = self.cache.get_or_compute(wanted, self.builder.build, self.encoder, show_progress=show_progress)
+        self.lm_forward_calls += int(self.encoder.forward_calls - before)
+        self.table = PrefixTable(wanted, h)
+        return self.table
 
     def serve(self, prefix_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The ``h`` each prefix is served with and whether it is its own: own for the validation
@@ -120,4 +134,4 @@ def encode_semantics(config, dataset, sequences: UserSequences, rank: int = 0, w
     calls = float(encoder.forward_calls)
     return SemanticChannel(sequences, prefixes, table, PrefixTable(encoded_train, table(encoded_train)), encoder,
                            item_texts, cache_key, getattr(cache, "stats", None),
-                           int(all_reduce_sum(calls) if all_reduce_sum else calls))
+                           int(all_reduce_sum(calls) if all_reduce_sum else calls), builder, cache)
