@@ -107,3 +107,13 @@ class FakeEncoder:
             if t in self.nan_for:
                 out[j] = np.nan
         return out
+
+
+def tiny_run_config(root, **extra) -> dict:
+    """The synthetic dataset and the tiny LM written under ``root``, and the overrides of a fast run
+    that keeps its cache, checkpoints and results there (``results_dir``: ``root/run``)."""
+    root = str(root)
+    write_synthetic_dataset(os.path.join(root, "data"), "tiny")
+    return tiny_config_dict(os.path.join(root, "data"), lm_path=write_tiny_lm(os.path.join(root, "lm")), lm_max_length=32,
+                            semantic_cache_dir=os.path.join(root, "cache"), results_dir=os.path.join(root, "run"),
+                            checkpoint_dir=os.path.join(root, "saved"), **extra)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
+from synthetic import tiny_run_config
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -15,10 +15,7 @@ def finished_run(tmp_path_factory):
     from recbole_scalrec.quick_start import run_recbole_scalrec
 
     root = tmp_path_factory.mktemp("export")
-    write_synthetic_dataset(str(root / "data"), "tiny")
-    cfg = tiny_config_dict(str(root / "data"), lm_path=write_tiny_lm(str(root / "lm")), lm_max_length=32,
-                           semantic_cache_dir=str(root / "cache"), results_dir=str(root / "run"),
-                           stage2_methods=["scalrec", "learned_gate"], checkpoint_dir=str(root / "saved"))
+    cfg = tiny_run_config(root, stage2_methods=["scalrec", "learned_gate"])
     run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=cfg)
     return root
 

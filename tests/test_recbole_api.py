@@ -3,18 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
+from synthetic import tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    write_synthetic_dataset(str(root / "data"), "tiny")
-    cfg = tiny_config_dict(str(root / "data"), lm_path=write_tiny_lm(str(root / "lm")), lm_max_length=32,
-                           semantic_cache_dir=str(root / "cache"), checkpoint_dir=str(root / "saved"),
-                           semantic_train_stride=3, backbone="GRU4Rec", embedding_size=16,
-                           stage2_methods=["scalrec", "learned_gate"], metrics=["Hit", "NDCG"], topk=[10],
-                           valid_metric="NDCG@10")
+    cfg = tiny_run_config(root, semantic_train_stride=3, backbone="GRU4Rec", embedding_size=16,
+                          stage2_methods=["scalrec", "learned_gate"], metrics=["Hit", "NDCG"], topk=[10],
+                          valid_metric="NDCG@10")
     return root, cfg
 
 

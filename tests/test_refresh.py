@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from synthetic import tiny_config_dict, write_synthetic_dataset, write_tiny_lm
+from synthetic import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -12,10 +12,7 @@ def finished_run(tmp_path_factory):
     from recbole_scalrec.quick_start import run_recbole_scalrec
 
     root = tmp_path_factory.mktemp("refresh")
-    write_synthetic_dataset(str(root / "data"), "tiny")
-    cfg = tiny_config_dict(str(root / "data"), lm_path=write_tiny_lm(str(root / "lm")), lm_max_length=32,
-                           semantic_cache_dir=str(root / "cache"), results_dir=str(root / "run"),
-                           semantic_train_stride=3, stage2_methods=["scalrec"], checkpoint_dir=str(root / "saved"))
+    cfg = tiny_run_config(root, semantic_train_stride=3, stage2_methods=["scalrec"])
     run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=cfg)
     return root
 
