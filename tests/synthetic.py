@@ -114,6 +114,7 @@ def tiny_run_config(root, **extra) -> dict:
     that keeps its cache, checkpoints and results there (``results_dir``: ``root/run``)."""
     root = str(root)
     write_synthetic_dataset(os.path.join(root, "data"), "tiny")
+    paths = {"semantic_cache_dir": os.path.join(root, "cache"), "results_dir": os.path.join(root, "run"),
+             "checkpoint_dir": os.path.join(root, "saved")}
     return tiny_config_dict(os.path.join(root, "data"), lm_path=write_tiny_lm(os.path.join(root, "lm")), lm_max_length=32,
-                            semantic_cache_dir=os.path.join(root, "cache"), results_dir=os.path.join(root, "run"),
-                            checkpoint_dir=os.path.join(root, "saved"), **extra)
+                            **dict(paths, **extra))

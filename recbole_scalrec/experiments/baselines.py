@@ -27,6 +27,8 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,14 +50,32 @@ def _trainer_class(mask_history: bool):
     return BaselineTrainer
 
 
-def train_baseline(name: str, dataset: str, seed: int, overrides: dict, mask_history: bool = False) -> dict:
-    """Train and test one stock RecBole model on SCaLRec's split; its metrics, time and epochs."""
+@dataclass
+class FittedModel:
+    """A stock RecBole model trained by RecBole's trainer on SCaLRec's split, with what tests it."""
+
+    name: str
+    general: bool
+    config: Any
+    data: Any  # the dataset (its ``sequences`` hold the protocol's order)
+    model: Any
+    trainer: Any
+    test: Any  # RecBole's test dataloader
+    train_s: float
+
+
+def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_history: bool = False,
+                    dataset_class=None) -> FittedModel:
+    """Train one stock RecBole model (validation early stopping on NDCG@10) on SCaLRec's data, order
+    and split: a sequential model on :class:`SCaLRecDataset`, a general one on
+    :class:`ProtocolOrderDataset` (or ``dataset_class``); the best epoch's weights are loaded."""
     from recbole.data import data_preparation
     from recbole.utils import ModelType, init_seed
 
     from recbole_scalrec.config import Config
     from recbole_scalrec.data.dataset import ProtocolOrderDataset, SCaLRecDataset
     from recbole_scalrec.data.prepare import ensure_prepared
+    from recbole_scalrec.trainer.trainer import load_checkpoint
     from recbole_scalrec.utils import get_model
 
     cfg = {"seed": seed, "metrics": ["Hit", "NDCG"], "topk": [5, 10], "valid_metric": "NDCG@10", "eval_step": 1,
@@ -66,7 +86,7 @@ def train_baseline(name: str, dataset: str, seed: int, overrides: dict, mask_his
     if general and "train_neg_sample_args" not in overrides:  # pairwise models need negatives (ours: CE, none)
         config = Config(model=name, dataset=dataset, config_dict=dict(cfg, train_neg_sample_args=NEGATIVE_SAMPLING))
     init_seed(seed, config["reproducibility"])
-    data = (ProtocolOrderDataset if general else SCaLRecDataset)(config)
+    data = (dataset_class or (ProtocolOrderDataset if general else SCaLRecDataset))(config)
     train, valid, test = data_preparation(config, data)
     init_seed(seed, config["reproducibility"])
     model = get_model(name)(config, train.dataset).to(config["device"])
@@ -74,11 +94,20 @@ def train_baseline(name: str, dataset: str, seed: int, overrides: dict, mask_his
     start = time.perf_counter()
     trainer.fit(train, valid, saved=True, show_progress=False)
     seconds = time.perf_counter() - start
-    result = trainer.evaluate(test, load_best_model=True)
-    n_test = len(test.dataset) if not general else int(data.sequences.n_users)
-    return {"model": name, "family": "general" if general else "sequential", "metrics": {k: float(result[k]) for k in METRICS},
-            "train_s": round(seconds, 1), "epochs_run": len(trainer.train_loss_dict), "n_test": n_test,
-            "parameters": int(sum(p.numel() for p in model.parameters()))}
+    model.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
+    model.eval()
+    return FittedModel(name, general, config, data, model, trainer, test, round(seconds, 1))
+
+
+def train_baseline(name: str, dataset: str, seed: int, overrides: dict, mask_history: bool = False) -> dict:
+    """Train and test one stock RecBole model on SCaLRec's split; its metrics, time and epochs."""
+    fitted = fit_stock_model(name, dataset, seed, overrides, mask_history)
+    result = fitted.trainer.evaluate(fitted.test, load_best_model=False)
+    n_test = len(fitted.test.dataset) if not fitted.general else int(fitted.data.sequences.n_users)
+    return {"model": name, "family": "general" if fitted.general else "sequential",
+            "metrics": {k: float(result[k]) for k in METRICS}, "train_s": fitted.train_s,
+            "epochs_run": len(fitted.trainer.train_loss_dict), "n_test": n_test,
+            "parameters": int(sum(p.numel() for p in fitted.model.parameters()))}
 
 
 def scalrec_row(path: str) -> dict | None:
