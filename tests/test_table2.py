@@ -42,7 +42,7 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
             f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "cached_fusion",
+    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device", "cached_fusion",
                                    "scalrec", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     for row in result["rows"].values():
@@ -57,3 +57,29 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     assert main(args) == 0  # a second call reuses every stored row
     assert (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime == mtime
     assert "| Cloud | lightgcn_cloud |" in (tmp_path / "table2" / "tiny.md").read_text()
+
+
+def test_llrec_is_compact_and_distills_from_its_teacher(tmp_path):
+    """The on-device model's table is factorised, and its loss reads the teacher's logits."""
+    import torch
+    from recbole.data import data_preparation
+
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.data.dataset import SCaLRecDataset
+    from recbole_scalrec.model.sequential_recommender.llrec import LLRec
+    from recbole_scalrec.utils import get_model
+
+    cfg = tiny_run_config(tmp_path)
+    small = {"data_path": cfg["data_path"], "state": "ERROR", "hidden_size": 16, "embedding_size": 16,
+             "n_layers": 1, "n_heads": 1, "inner_size": 32, "MAX_ITEM_LIST_LENGTH": 10}
+    config = Config(model="LLRec", dataset="tiny", config_dict=dict(small, llrec_item_rank=4))
+    train, _, _ = data_preparation(config, SCaLRecDataset(config))
+    model = LLRec(config, train.dataset)
+    assert model.item_table.shape == (train.dataset.item_num, 16)
+    assert model.item_factors.weight.numel() + model.item_basis.weight.numel() == train.dataset.item_num * 4 + 4 * 16
+    batch = next(iter(train))
+    ce_only = model.calculate_loss(batch)
+    teacher = get_model("SASRec")(Config(model="SASRec", dataset="tiny", config_dict=small), train.dataset)
+    model.set_teacher(teacher)
+    assert not torch.isclose(model.calculate_loss(batch), ce_only)  # the distillation term is in the loss
+    assert all(not p.requires_grad for p in teacher.parameters()) and "_teacher" not in dict(model.named_modules())

@@ -65,10 +65,11 @@ class FittedModel:
 
 
 def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_history: bool = False,
-                    dataset_class=None) -> FittedModel:
+                    dataset_class=None, prepare=None) -> FittedModel:
     """Train one stock RecBole model (validation early stopping on NDCG@10) on SCaLRec's data, order
     and split: a sequential model on :class:`SCaLRecDataset`, a general one on
-    :class:`ProtocolOrderDataset` (or ``dataset_class``); the best epoch's weights are loaded."""
+    :class:`ProtocolOrderDataset` (or ``dataset_class``); ``prepare(model)`` runs before training
+    (e.g. to hand a distilled model its teacher); the best epoch's weights are loaded."""
     from recbole.data import data_preparation
     from recbole.utils import ModelType, init_seed
 
@@ -90,6 +91,8 @@ def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_hi
     train, valid, test = data_preparation(config, data)
     init_seed(seed, config["reproducibility"])
     model = get_model(name)(config, train.dataset).to(config["device"])
+    if prepare is not None:
+        prepare(model)
     trainer = _trainer_class(mask_history)(config, model)
     start = time.perf_counter()
     trainer.fit(train, valid, saved=True, show_progress=False)

@@ -16,9 +16,11 @@ SCaLRec run):
   user vector of the prefix ``S_{<=t0}``), ``lightgcn_cloud`` (RecBole's LightGCN trained on the
   graph without each user's training interactions after ``t0``,
   :class:`SnapshotGraphDataset`; full sort).
-* **On-device** (``S_{<=t}``, no cloud at request time): ``sasrec_device``, the same SASRec run on the
-  fresh prefix: the device model alone, the reference the compact on-device models are measured
-  against.
+* **On-device** (``S_{<=t}``, no cloud at request time): ``llrec_device``, a compact GRU with a
+  factorised item table distilled from the cloud SASRec
+  (:class:`~recbole_scalrec.model.sequential_recommender.llrec.LLRec`; its parameter count and
+  per-request latency are recorded), and ``sasrec_device``, the cloud's SASRec itself run on the
+  fresh prefix (a device that could hold the full model).
 * **Device-cloud**: ``cached_fusion`` (the fused model with the snapshot's candidates and semantics,
   S2) and ``scalrec`` (SCaLRec's estimator and calibrator on them), read from the SCaLRec run
   folders ``<runs>/<dataset>-SASRec-seed<seed>/results.json``; ``fresh_fusion`` (fresh semantics on
@@ -41,6 +43,7 @@ from recbole_scalrec.data.dataset import ProtocolOrderDataset
 
 METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
 FAMILIES = {"lightgcn_cloud": "Cloud", "sasrec_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_device": "On-device",
+            "llrec_device": "On-device",
             "cached_fusion": "Device-cloud", "scalrec": "Device-cloud", "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
 STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec"}
@@ -82,7 +85,6 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     """A row trained here: its metrics on the test requests (and what it saw)."""
     from recbole_scalrec.experiments.baselines import fit_stock_model
     from recbole_scalrec.model.fusion import score_all
-    from recbole_scalrec.model.structure_encoder import StructureEncoder
     from recbole_scalrec.staleness.protocol import full_ranking_metrics
 
     if row == "lightgcn_cloud":
@@ -92,22 +94,66 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
         return {"metrics": {k: float(result[k]) for k in METRICS}, "train_s": fitted.train_s,
                 "sees": f"training graph without each user's last {gap} interactions before the test request "
                         f"({fitted.data.snapshot_removed} removed)"}
-    key = (STOCK[row], dataset, seed, json.dumps(overrides, sort_keys=True, default=str))
-    if key not in _FITTED:  # the cloud and the device rows of one model share its training
-        _FITTED.clear()
-        _FITTED[key] = fit_stock_model(STOCK[row], dataset, seed, overrides)
-    fitted = _FITTED[key]
+    extra = {}
+    if row == "llrec_device":
+        teacher = _stock(STOCK["sasrec_cloud"], dataset, seed, overrides)
+        fitted = fit_stock_model("LLRec", dataset, seed, overrides, prepare=lambda m: m.set_teacher(teacher.model))
+        extra["teacher"] = "SASRec (cloud, trained on the same split)"
+    else:
+        fitted = _stock(STOCK[row], dataset, seed, overrides)
     seqs = fitted.data.sequences
     test = seqs.eval_prefixes("test")
     served = seqs.shift_prefix(test, gap)[0] if row.endswith("_cloud") else test
-    encoder = StructureEncoder(fitted.model)
+    user_vectors, table = _serving(fitted)
     with torch.no_grad():
         seq, length = seqs.gather_sequences(torch.as_tensor(served), fitted.config["MAX_ITEM_LIST_LENGTH"])
-        users = seqs.prefix_users(served) if encoder.needs_user else None
-        scores = score_all(encoder.item_table, encoder(seq, length, users), None, 0.0)
+        scores = score_all(table(), user_vectors(seq, length, seqs.prefix_users(served)), None, 0.0)
     ranks = full_ranking_metrics(scores, torch.as_tensor(seqs.targets(test)))
+    if row.endswith("_device"):
+        extra.update(parameters=int(sum(p.numel() for p in fitted.model.parameters())),
+                     latency_us_p50=_latency_us(user_vectors, table, seq, length, seqs.prefix_users(served)))
     return {"metrics": _metrics(ranks), "train_s": fitted.train_s,
-            "sees": f"S_<=t0 (t0 = t - {gap})" if row.endswith("_cloud") else "S_<=t"}
+            "sees": f"S_<=t0 (t0 = t - {gap})" if row.endswith("_cloud") else "S_<=t", **extra}
+
+
+def _stock(name: str, dataset: str, seed: int, overrides: dict):
+    """A stock model trained once per process and setting (the cloud and device rows share it)."""
+    from recbole_scalrec.experiments.baselines import fit_stock_model
+
+    key = (name, dataset, seed, json.dumps(overrides, sort_keys=True, default=str))
+    if key not in _FITTED:
+        _FITTED.clear()
+        _FITTED[key] = fit_stock_model(name, dataset, seed, overrides)
+    return _FITTED[key]
+
+
+def _serving(fitted):
+    """``(user_vectors(seq, len, users), item_table())`` of a trained model: through the structure
+    encoder's calling conventions, or a model's own ``forward`` and ``item_table`` (LLRec)."""
+    from recbole_scalrec.model.structure_encoder import StructureEncoder
+
+    model = fitted.model
+    if hasattr(model, "item_embedding"):
+        encoder = StructureEncoder(model)
+        return (lambda seq, length, users: encoder(seq, length, users if encoder.needs_user else None)), \
+            (lambda: encoder.item_table)
+    return (lambda seq, length, users: model(seq, length)), (lambda: model.item_table)
+
+
+@torch.no_grad()
+def _latency_us(user_vectors, table, seq, length, users, repeats: int = 300) -> float:
+    """p50 microseconds of one request (batch 1, this process's threads): user vector and full sort."""
+    import time
+
+    times = []
+    items = table()
+    for i in range(repeats + 20):
+        j = i % len(seq)
+        start = time.perf_counter()
+        torch.topk(user_vectors(seq[j : j + 1], length[j : j + 1], users[j : j + 1]) @ items.T, 10)
+        if i >= 20:
+            times.append((time.perf_counter() - start) * 1e6)
+    return float(np.percentile(times, 50))
 
 
 def run_row(row: str, runs: str, dataset: str, seed: int, gap: int) -> dict:
