@@ -105,41 +105,62 @@ class Simulator:
                 lo = mid
         return lo
 
-    def quality(self, request_ids: np.ndarray, gaps: np.ndarray) -> dict[str, float]:
-        """Test NDCG@10 of the final requests at their gaps, per method (S2)."""
+    def quality(self, request_ids: np.ndarray, gaps: np.ndarray, ranks: dict | None = None) -> dict[str, float]:
+        """Test NDCG@10 of the final requests at their gaps, per method (S2); with ``ranks`` (a dict)
+        each method's per-request target ranks are put there too."""
         from recbole_scalrec.staleness.protocol import evaluate_staleness
 
         cfg = self.run.config
         rows = evaluate_staleness(self.run.states, self.run.sequences, self.run.item_table, request_ids, [], ["S2"],
                                   list(METHODS) + ["fresh_fusion"], cfg["fusion_weight"], self.run.heads, self.top_m,
                                   cfg["eval_batch_size"], gap_override=gaps, internals=False)
+        if ranks is not None:
+            ranks.update({r["method"]: np.asarray(r["ranks"]) for r in rows})
         return {r["method"]: float(r["metrics"]["ndcg@10"]) for r in rows}
 
 
 def evaluate_budgets(sim: Simulator, budgets: list[float], seed: int = 0) -> dict:
     """Every policy at every budget: calls per 1,000 test requests and the test NDCG@10 of each method."""
     valid, test = sim.run.prefixes["valid"], sim.run.prefixes["test"]
+    from recbole_scalrec.experiments.report import ndcg10 as ndcg10_per_request
+
     rows = []
     for budget in budgets:
         settings = {"estimator": sim.threshold_for(valid, budget), "fixed": max(1, round(1000.0 / budget)),
                     "random": min(1.0, budget / 1000.0)}
+        ranks = {}
         for policy, value in settings.items():
             gaps, calls, served = sim.simulate(test, policy, value, seed)
+            ranks[policy] = {}
             rows.append({"budget": budget, "policy": policy, "value": float(value),
                          "calls_per_1000": 1000.0 * calls / max(served, 1), "mean_final_gap": float(gaps.mean()),
-                         "ndcg@10": sim.quality(test, gaps)})
+                         "ndcg@10": sim.quality(test, gaps, ranks[policy])})
+        # the estimator's gain over fixed-interval refresh at this budget, paired over users
+        for method in METHODS:
+            a, b = (ndcg10_per_request(ranks[p][method]) for p in ("estimator", "fixed"))
+            rows[-3].setdefault("vs_fixed", {})[method] = {"mean_diff": float((a - b).mean()),
+                                                           "wilcoxon_p": _wilcoxon(a, b)}
     never = sim.quality(test, run_windows(sim.run.sequences, test, sim.window)[1])
     always = sim.quality(test, np.zeros(len(test), dtype=np.int64))
     return {"rows": rows, "never_refresh": never, "always_refresh": always}
 
 
+def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
+
+
 def markdown(result: dict, dataset: str, window: int) -> str:
     lines = [f"{dataset}: test NDCG@10 of the final request of each user's run of {window} requests, S2, by refresh "
              f"policy at equal cloud spend (calls per 1,000 requests; the estimator's threshold set on validation).", "",
-             "| budget | policy | calls / 1,000 | mean final gap | SCaLRec | cached fusion |", "|---|---|---|---|---|---|"]
+             "| budget | policy | calls / 1,000 | mean final gap | SCaLRec | cached fusion | vs fixed, paired over users |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        versus = "; ".join(f"{m.replace('_', ' ')} {v['mean_diff']:+.4f} (p = {v['wilcoxon_p']:.3g})"
+                           for m, v in r.get("vs_fixed", {}).items())
         lines.append(f"| {r['budget']:g} | {r['policy']} | {r['calls_per_1000']:.1f} | {r['mean_final_gap']:.2f} | "
-                     f"{r['ndcg@10']['scalrec']:.4f} | {r['ndcg@10']['cached_fusion']:.4f} |")
+                     f"{r['ndcg@10']['scalrec']:.4f} | {r['ndcg@10']['cached_fusion']:.4f} | {versus} |")
     n, a = result["never_refresh"], result["always_refresh"]
     lines += ["", f"Never refresh (gap {window}): SCaLRec {n['scalrec']:.4f}, cached fusion {n['cached_fusion']:.4f}; "
                   f"always (gap 0): fresh fusion {a['fresh_fusion']:.4f}."]

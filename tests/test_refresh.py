@@ -60,4 +60,6 @@ def test_refresh_command_writes_the_curve(finished_run, tmp_path, capsys):
     for r in result["rows"]:
         assert set(r["ndcg@10"]) == {"scalrec", "cached_fusion", "fresh_fusion"}
         assert 0.0 <= r["ndcg@10"]["scalrec"] <= 1.0 and r["calls_per_1000"] <= 1000
+        if r["policy"] == "estimator":
+            assert 0.0 <= r["vs_fixed"]["scalrec"]["wilcoxon_p"] <= 1.0
     assert figure.stat().st_size > 10_000 and (tmp_path / "out" / "refresh.md").is_file()
