@@ -42,7 +42,8 @@ import torch
 from recbole_scalrec.data.dataset import ProtocolOrderDataset
 
 METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
-FAMILIES = {"lightgcn_cloud": "Cloud", "sasrec_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_device": "On-device",
+# in this order the rows that share a trained SASRec (cloud, device, LLRec's teacher) follow each other
+FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "sasrec_device": "On-device",
             "llrec_device": "On-device",
             "cached_fusion": "Device-cloud", "scalrec": "Device-cloud", "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
