@@ -37,6 +37,8 @@ REFUSED = {
     "TransRec": "it scores an item by a translation distance -||u + t + v_last - v_i||, not by an inner product "
                 "with an item table",
     "RepeatNet": "it outputs a mixture of repeat and explore distributions over items, not a user vector in item space",
+    "LLRec": "it is this package's compact on-device baseline (Table 2), whose item table is a product of two "
+             "factors rather than an embedding table; compare with it by python -m recbole_scalrec.table2",
     "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
     "GRU4RecKG": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
 }

@@ -45,12 +45,14 @@ _SUBMODULES = ("sequential_recommender",)
 _RECBOLE_SUBMODULES = ("sequential_recommender", "general_recommender")
 
 
-WRAPPERS = frozenset({"SCaLRec"})  # the method's own model class, which wraps a structure encoder
+# this package's sequential models that are not structure encoders: the method's own class, which
+# wraps one, and the compact on-device baseline of Table 2 (its item table is a product of factors)
+WRAPPERS = frozenset({"SCaLRec", "LLRec"})
 
 
 def list_sequential_models() -> list[str]:
     """Names of the sequential models that can be the structure encoder (plug-in and RecBole;
-    the ``SCaLRec`` model class, which wraps one, is not listed)."""
+    the ``SCaLRec`` model class, which wraps one, and the ``LLRec`` baseline are not listed)."""
     names = set()
     for pkg in ("recbole_scalrec.model.sequential_recommender", "recbole.model.sequential_recommender"):
         module = import_recbole_sequential() if pkg.startswith("recbole.") else importlib.import_module(pkg)
