@@ -128,17 +128,18 @@ def evaluate_budgets(sim: Simulator, budgets: list[float], seed: int = 0) -> dic
     for budget in budgets:
         settings = {"estimator": sim.threshold_for(valid, budget), "fixed": max(1, round(1000.0 / budget)),
                     "random": min(1.0, budget / 1000.0)}
-        ranks = {}
+        ranks, by_policy = {}, {}
         for policy, value in settings.items():
             gaps, calls, served = sim.simulate(test, policy, value, seed)
             ranks[policy] = {}
-            rows.append({"budget": budget, "policy": policy, "value": float(value),
-                         "calls_per_1000": 1000.0 * calls / max(served, 1), "mean_final_gap": float(gaps.mean()),
-                         "ndcg@10": sim.quality(test, gaps, ranks[policy])})
+            by_policy[policy] = {"budget": budget, "policy": policy, "value": float(value),
+                                 "calls_per_1000": 1000.0 * calls / max(served, 1), "mean_final_gap": float(gaps.mean()),
+                                 "ndcg@10": sim.quality(test, gaps, ranks[policy])}
+            rows.append(by_policy[policy])
         # the estimator's gain over fixed-interval refresh at this budget, paired over users
         for method in METHODS:
             a, b = (ndcg10_per_request(ranks[p][method]) for p in ("estimator", "fixed"))
-            rows[-3].setdefault("vs_fixed", {})[method] = {"mean_diff": float((a - b).mean()),
+            by_policy["estimator"].setdefault("vs_fixed", {})[method] = {"mean_diff": float((a - b).mean()),
                                                            "wilcoxon_p": _wilcoxon(a, b)}
     never = sim.quality(test, run_windows(sim.run.sequences, test, sim.window)[1])
     always = sim.quality(test, np.zeros(len(test), dtype=np.int64))

@@ -76,13 +76,15 @@ class SemanticChannel:
     def extend(self, prefix_ids: np.ndarray, show_progress: bool = False) -> PrefixTable:
         """``h`` of ``prefix_ids`` as well (encoded through the same cache, LM calls counted in
         :attr:`lm_forward_calls`); :attr:`table` then holds the union, which is returned."""
-        wanted = np.union1d(self.table.ids, np.asarray(prefix_ids, dtype=np.int64))
-        if len(wanted) == len(self.table.ids):
+        new = np.setdiff1d(np.asarray(prefix_ids, dtype=np.int64), self.table.ids)
+        if len(new) == 0:
             return self.table
         before = self.encoder.forward_calls
-        h = self.cache.get_or_compute(wanted, self.builder.build, self.encoder, show_progress=show_progress)
+        h = self.cache.get_or_compute(new, self.builder.build, self.encoder, show_progress=show_progress)
         self.lm_forward_calls += int(self.encoder.forward_calls - before)
-        self.table = PrefixTable(wanted, h)
+        # only the new prefixes are read (or encoded); the table's own rows stay in memory
+        self.table = PrefixTable(np.concatenate([self.table.ids, new]),
+                                 torch.cat([self.table.values, torch.as_tensor(h, dtype=self.table.values.dtype)]))
         return self.table
 
     def serve(self, prefix_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
