@@ -30,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def previous_record(path: str) -> dict:
-    """``timings_s`` (and the LM call count) of a recorded default-job run: its last JSON line."""
+    """The last JSON line of a recorded default-job run (its ``stages_cold`` or, in older records,
+    ``timings_s``, and the LM call count)."""
     if not path or not os.path.isfile(path):
         return {}
     for line in reversed(open(path, encoding="utf-8").read().splitlines()):
@@ -76,13 +77,14 @@ def main() -> int:
     if args.fp32:
         runs["fp32"] = run_job(args.workdir, "fp32", extra + ["--lm_precision=fp32"], os.path.join(args.workdir, "cache-fp32"))
     previous = previous_record(args.previous)
+    previous_stages = previous.get("stages_cold") or previous.get("timings_s") or {}  # this script's record, or an older one
     stages = list(cold["summary"]["timings_s"])
     print(f"commands: {cold['command']}  (then warm, reusing the cache and the stage-1 checkpoint)")
     print("\n| stage | previous record | " + " | ".join(runs) + " |\n|---|---|" + "---|" * len(runs))
     for stage in stages:
-        row = [f"{previous.get('timings_s', {}).get(stage, '')}"] + [f"{r['summary']['timings_s'].get(stage, '')}" for r in runs.values()]
+        row = [f"{previous_stages.get(stage, '')}"] + [f"{r['summary']['timings_s'].get(stage, '')}" for r in runs.values()]
         print(f"| {stage} | " + " | ".join(row) + " |")
-    print("| **wall** | " + str(previous.get("wall_s", "")) + " | " + " | ".join(str(r["wall_s"]) for r in runs.values()) + " |")
+    print("| **wall** | " + str(previous.get("cold_s", previous.get("wall_s", ""))) + " | " + " | ".join(str(r["wall_s"]) for r in runs.values()) + " |")
     print("| LM calls | " + str(previous.get("lm_forward_calls", "")) + " | "
           + " | ".join(str(r["summary"]["lm_forward_calls"]) for r in runs.values()) + " |")
     metrics = {name: gap5(r["summary"]) for name, r in runs.items()}
