@@ -42,9 +42,21 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
             f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device", "cached_fusion",
-                                   "scalrec", "fresh_fusion"}
+    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device", "lsc4rec",
+                                   "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
+    assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
+    lengths = {len(json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / f"{n}.json").read_text())["ranks"])
+               for n in result["rows"]}
+    assert len(lengths) == 1 and lengths.pop() > 0  # every row keeps its per-user test ranks, for the paired tests
+    tests = result["paired_tests"]
+    assert {t["family"] for t in tests.values()} == {"Cloud", "On-device", "Device-cloud", "SCaLRec attached"}
+    assert all(0 <= t["wilcoxon_p"] <= 1 for t in tests.values())
+    lsc = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "lsc4rec.json").read_text())
+    assert str(lsc["srm_weight"]) in lsc["valid_ndcg@10_by_weight"]
+    assert 0 <= lsc["trigger_share_of_test_requests"] <= 1 and 0 <= lsc["share_top10_changed_from_cloud_list"] <= 1
+    duet = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "duet.json").read_text())
+    assert duet["parameters"] > 0 and duet["sees"].startswith("device encoder on S_<=t")
     for row in result["rows"].values():
         values = np.array(list(row["mean"].values()))
         assert ((0 <= values) & (values <= 1)).all()
@@ -83,3 +95,63 @@ def test_llrec_is_compact_and_distills_from_its_teacher(tmp_path):
     model.set_teacher(teacher)
     assert not torch.isclose(model.calculate_loss(batch), ce_only)  # the distillation term is in the loss
     assert all(not p.requires_grad for p in teacher.parameters()) and "_teacher" not in dict(model.named_modules())
+
+
+def _small_model(tmp_path, name: str, **extra):
+    from recbole.data import data_preparation
+
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.data.dataset import SCaLRecDataset
+    from recbole_scalrec.utils import get_model
+
+    cfg = tiny_run_config(tmp_path)
+    small = {"data_path": cfg["data_path"], "state": "ERROR", "hidden_size": 16, "embedding_size": 16, "n_layers": 1,
+             "n_heads": 1, "inner_size": 32, "MAX_ITEM_LIST_LENGTH": 10, "duet_generator_hidden": 8, **extra}
+    config = Config(model=name, dataset="tiny", config_dict=small)
+    train, _, _ = data_preparation(config, SCaLRecDataset(config))
+    return get_model(name)(config, train.dataset), train
+
+
+def test_duet_generates_the_device_layers_from_the_cloud_sequence(tmp_path):
+    """The user vector depends on the sequence the cloud saw through the generated layers, and the
+    generator's projections are trained parameters (they get gradients)."""
+    import torch
+
+    model, train = _small_model(tmp_path, "DUET")
+    model.eval()
+    batch = next(iter(train))
+    seq, length = batch["item_id_list"], batch["item_length"]
+    fresh = model(seq, length)
+    torch.testing.assert_close(fresh, model(seq, length, seq, length))
+    stale_len = (length - 3).clamp(min=1)
+    stale = torch.where(torch.arange(seq.shape[1])[None, :] < stale_len[:, None], seq, torch.zeros_like(seq))
+    changed = (model(seq, length, stale, stale_len) - fresh).abs().amax(1) > 1e-6
+    assert changed[length > 3].all()  # a shorter cloud view changes the generated layers
+    assert torch.equal(model.device_state(seq, length), model.device_state(seq, length))  # the device side is the same
+    model.train()
+    model.calculate_loss(batch).backward()
+    for name in ("generator.weights.0.weight", "generator.biases.1.weight", "generator.gru.weight_hh_l0"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_lsc4rec_fusion_goes_from_the_cloud_order_to_the_srm_order(tmp_path):
+    import torch
+
+    from recbole_scalrec.model.sequential_recommender.lsc4rec import list_ranks
+
+    model, _ = _small_model(tmp_path, "LSC4Rec", lsc4rec_weight_grid=[0.0, 0.5, 1e6], lsc4rec_request_ratio=0.5)
+    torch.manual_seed(0)
+    srm = torch.randn(6, 8)
+    cloud = torch.arange(8).expand(6, 8)
+    assert torch.equal(list_ranks(model.fuse(cloud, srm, 0.0)), cloud)  # w = 0: the cloud's list as it came
+    assert torch.equal(list_ranks(model.fuse(cloud, srm, 1e6)), list_ranks(srm))  # large w: the SRM's order
+    assert torch.equal(model.trigger_statistic(list_ranks(srm), srm), torch.zeros(6))  # agreeing lists never trigger
+    assert (model.trigger_statistic(cloud, srm) > 0).all()
+    # targets placed where the SRM ranks them first: the validation fit must pick the SRM-heavy weight
+    candidates = torch.arange(1, 9).expand(6, 8).clone()
+    targets = candidates.gather(1, srm.argmax(1, keepdim=True)).squeeze(1)
+    picked = model.fit_fusion(cloud, srm, candidates, targets)
+    assert picked["srm_weight"] == 1e6 and float(model.srm_weight) == 1e6
+    assert picked["valid_ndcg@10_by_weight"][1e6] == 1.0
+    assert 0.3 <= model.triggered(cloud, srm).float().mean() <= 0.7  # half the requests at a request ratio of 0.5

@@ -39,6 +39,10 @@ REFUSED = {
     "RepeatNet": "it outputs a mixture of repeat and explore distributions over items, not a user vector in item space",
     "LLRec": "it is this package's compact on-device baseline (Table 2), whose item table is a product of two "
              "factors rather than an embedding table; compare with it by python -m recbole_scalrec.table2",
+    "DUET": "it is this package's device-cloud baseline (Table 2), whose user vector needs the cloud's generated "
+            "layers; compare with it by python -m recbole_scalrec.table2",
+    "LSC4Rec": "it is this package's device-cloud baseline (Table 2), a reranker of the cloud's candidate list; "
+               "compare with it by python -m recbole_scalrec.table2",
     "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
     "GRU4RecKG": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
 }

@@ -46,13 +46,14 @@ _RECBOLE_SUBMODULES = ("sequential_recommender", "general_recommender")
 
 
 # this package's sequential models that are not structure encoders: the method's own class, which
-# wraps one, and the compact on-device baseline of Table 2 (its item table is a product of factors)
-WRAPPERS = frozenset({"SCaLRec", "LLRec"})
+# wraps one, and the Table 2 baselines (a factorised item table, cloud-generated layers, a reranker)
+WRAPPERS = frozenset({"SCaLRec", "LLRec", "DUET", "LSC4Rec"})
 
 
 def list_sequential_models() -> list[str]:
     """Names of the sequential models that can be the structure encoder (plug-in and RecBole;
-    the ``SCaLRec`` model class, which wraps one, and the ``LLRec`` baseline are not listed)."""
+    the ``SCaLRec`` model class, which wraps one, and the Table 2 baselines ``LLRec``, ``DUET`` and
+    ``LSC4Rec`` are not listed)."""
     names = set()
     for pkg in ("recbole_scalrec.model.sequential_recommender", "recbole.model.sequential_recommender"):
         module = import_recbole_sequential() if pkg.startswith("recbole.") else importlib.import_module(pkg)
