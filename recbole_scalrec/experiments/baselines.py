@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
 NEGATIVE_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
@@ -65,11 +66,13 @@ class FittedModel:
 
 
 def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_history: bool = False,
-                    dataset_class=None, prepare=None) -> FittedModel:
+                    dataset_class=None, prepare=None, keep: str | None = None) -> FittedModel:
     """Train one stock RecBole model (validation early stopping on NDCG@10) on SCaLRec's data, order
     and split: a sequential model on :class:`SCaLRecDataset`, a general one on
     :class:`ProtocolOrderDataset` (or ``dataset_class``); ``prepare(model)`` runs before training
-    (e.g. to hand a distilled model its teacher); the best epoch's weights are loaded."""
+    (e.g. to hand a distilled model its teacher); the best epoch's weights are loaded. With ``keep``
+    (a file path) the trained weights are stored there, and a later call with the same path loads
+    them instead of training again (the caller keys the path by everything the training depends on)."""
     from recbole.data import data_preparation
     from recbole.utils import ModelType, init_seed
 
@@ -94,10 +97,18 @@ def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_hi
     if prepare is not None:
         prepare(model)
     trainer = _trainer_class(mask_history)(config, model)
-    start = time.perf_counter()
-    trainer.fit(train, valid, saved=True, show_progress=False)
-    seconds = time.perf_counter() - start
-    model.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
+    if keep and os.path.isfile(keep):
+        stored = load_checkpoint(keep)
+        model.load_state_dict(stored["state_dict"])
+        seconds = float(stored["train_s"])
+    else:
+        start = time.perf_counter()
+        trainer.fit(train, valid, saved=True, show_progress=False)
+        seconds = time.perf_counter() - start
+        model.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
+        if keep:
+            os.makedirs(os.path.dirname(os.path.abspath(keep)), exist_ok=True)
+            torch.save({"state_dict": model.state_dict(), "train_s": torch.tensor(seconds)}, keep)
     model.eval()
     return FittedModel(name, general, config, data, model, trainer, test, round(seconds, 1))
 

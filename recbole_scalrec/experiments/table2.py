@@ -92,8 +92,9 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     from recbole_scalrec.staleness.protocol import full_ranking_metrics
 
     if row == "lightgcn_cloud":
-        fitted = fit_stock_model("LightGCN", dataset, seed, dict(overrides, table2_gap=gap),
-                                 dataset_class=SnapshotGraphDataset)
+        graph = dict(overrides, table2_gap=gap)
+        fitted = fit_stock_model("LightGCN", dataset, seed, graph, dataset_class=SnapshotGraphDataset,
+                                 keep=kept_model("LightGCN", dataset, seed, graph))
         result = fitted.trainer.evaluate(fitted.test, load_best_model=False)
         ranks = _general_ranks(fitted)
         if abs(_metrics(ranks)["ndcg@10"] - float(result["ndcg@10"])) > 1e-4:
@@ -105,7 +106,8 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     extra = {}
     if row == "llrec_device":
         teacher = _stock(STOCK["sasrec_cloud"], dataset, seed, overrides)
-        fitted = fit_stock_model("LLRec", dataset, seed, overrides, prepare=lambda m: m.set_teacher(teacher.model))
+        fitted = fit_stock_model("LLRec", dataset, seed, overrides, prepare=lambda m: m.set_teacher(teacher.model),
+                                 keep=kept_model("LLRec", dataset, seed, overrides))
         extra["teacher"] = "SASRec (cloud, trained on the same split)"
     else:
         fitted = _stock(STOCK[row], dataset, seed, overrides)
@@ -144,14 +146,25 @@ def _general_ranks(fitted) -> np.ndarray:
     return np.asarray(full_ranking_metrics(scores, torch.as_tensor(seqs.targets(test))))
 
 
+def kept_model(name: str, dataset: str, seed: int, overrides: dict) -> str:
+    """Where a row's trained stock model is kept (``checkpoint_dir``, default ``saved``), keyed by the
+    model, dataset, seed and every override, so that a later call (another row, a resumed table)
+    loads it instead of training it again."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return os.path.join(overrides.get("checkpoint_dir") or "saved", "table2", f"{name}-{dataset}-seed{seed}-{digest}.pth")
+
+
 def _stock(name: str, dataset: str, seed: int, overrides: dict):
-    """A stock model trained once per process and setting (the cloud and device rows share it)."""
+    """A stock model trained once per setting (the cloud and device rows, LLRec's teacher and
+    LSC4Rec's SRM share it): held in this process and kept on disk."""
     from recbole_scalrec.experiments.baselines import fit_stock_model
 
     key = (name, dataset, seed, json.dumps(overrides, sort_keys=True, default=str))
     if key not in _FITTED:
         _FITTED.clear()
-        _FITTED[key] = fit_stock_model(name, dataset, seed, overrides)
+        _FITTED[key] = fit_stock_model(name, dataset, seed, overrides, keep=kept_model(name, dataset, seed, overrides))
     return _FITTED[key]
 
 
@@ -265,9 +278,12 @@ def on_run_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -
         srm_logits = model.srm_logits(req.candidates, seq, length, srm.data.sequences.prefix_users(ids))
         return req, cloud, srm_logits
 
+    from recbole_scalrec.config import Config
+
+    own = Config(model="LSC4Rec", dataset=dataset, config_dict=dict(overrides, state="WARNING"))  # its keys; the SRM's are srm's
     out = {}
     for row, with_scalrec in (("lsc4rec", False), ("lsc4rec+scalrec", True)):
-        model = LSC4Rec(srm.config, srm.data, srm=srm.model).eval()
+        model = LSC4Rec(own, srm.data, srm=srm.model).eval()
         req, cloud, logits = inputs("valid", with_scalrec)
         fitted = model.fit_fusion(cloud, logits, req.candidates, req.targets)
         req, cloud, logits = inputs("test", with_scalrec)
