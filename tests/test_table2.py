@@ -73,9 +73,18 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     device = tmp_path / "table2" / "tiny" / "seed-2020" / "sasrec_device.json"
     before = json.loads(device.read_text())
     device.unlink()
+    from recbole_scalrec.experiments import table2
+
+    table2._FITTED.clear()  # as in a new process
     assert main(args) == 0  # the row again, from the kept SASRec: the same model, not a new training
     after = json.loads(device.read_text())
     assert after["ranks"] == before["ranks"] and after["train_s"] == before["train_s"]
+    (tmp_path / "table2" / "tiny" / "seed-2020" / "lsc4rec.json").unlink()
+    for kept in (tmp_path / "saved" / "table2").glob("SASRec-*.pth"):
+        kept.unlink()
+    table2._FITTED.clear()
+    assert main(args) == 0  # the reranker alone trains its SRM (with gradients)
+    assert json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "lsc4rec.json").read_text())["ranks"]
 
 
 def test_llrec_is_compact_and_distills_from_its_teacher(tmp_path):

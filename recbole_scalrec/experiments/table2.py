@@ -246,7 +246,6 @@ def _loaded_run(runs: str, dataset: str, seed: int):
     return _RUN["run"]
 
 
-@torch.no_grad()
 def on_run_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -> dict[str, dict]:
     """``lsc4rec`` and ``lsc4rec+scalrec`` on the SCaLRec run's cache: each user's request at ``t``
     with the snapshot of ``t0 = t - gap`` (S2: the cloud's candidate list of ``t0``). LSC4Rec's cloud
@@ -254,51 +253,55 @@ def on_run_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -
     calibrator give the list from the cached semantics and the device's cues (the run's trained
     head). The SRM is the RecBole SASRec of ``sasrec_device``; ``w`` and the trigger's threshold are
     fitted on the validation requests."""
-    from recbole_scalrec.model.sequential_recommender.lsc4rec import LSC4Rec, list_ranks
-    from recbole_scalrec.staleness.methods import method_scores, request_cues
-    from recbole_scalrec.staleness.protocol import target_ranks
-    from recbole_scalrec.staleness.snapshot import stale_requests
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.model.sequential_recommender.lsc4rec import LSC4Rec
 
     run = _loaded_run(runs, dataset, seed)
-    srm = _stock("SASRec", dataset, seed, overrides)
+    srm = _stock("SASRec", dataset, seed, overrides)  # trained (with gradients) unless held or kept
     if not np.array_equal(srm.data.sequences.items, run.sequences.items):
         raise ValueError("the SRM's dataset and the SCaLRec run's differ (item ids or order); train both on the same data.")
-    cfg = run.config
-    max_len = srm.config["MAX_ITEM_LIST_LENGTH"]
-
-    def inputs(split: str, with_scalrec: bool):
-        ids = run.sequences.eval_prefixes(split)
-        req = stale_requests(run.states, run.sequences, ids, gap, s2=True)
-        if with_scalrec:
-            cues = request_cues(req, run.item_table, cfg["spearman_top_m"])
-            cloud = list_ranks(method_scores("scalrec", req, run.item_table, cfg["fusion_weight"], run.heads, cues))
-        else:  # the cloud's list is in the cloud's order (top-N by its score at t0)
-            cloud = torch.arange(req.candidates.shape[1]).expand_as(req.candidates)
-        seq, length = srm.data.sequences.gather_sequences(torch.as_tensor(ids), max_len)
-        srm_logits = model.srm_logits(req.candidates, seq, length, srm.data.sequences.prefix_users(ids))
-        return req, cloud, srm_logits
-
-    from recbole_scalrec.config import Config
-
     own = Config(model="LSC4Rec", dataset=dataset, config_dict=dict(overrides, state="WARNING"))  # its keys; the SRM's are srm's
-    out = {}
-    for row, with_scalrec in (("lsc4rec", False), ("lsc4rec+scalrec", True)):
-        model = LSC4Rec(own, srm.data, srm=srm.model).eval()
-        req, cloud, logits = inputs("valid", with_scalrec)
-        fitted = model.fit_fusion(cloud, logits, req.candidates, req.targets)
-        req, cloud, logits = inputs("test", with_scalrec)
-        fused = model.fuse(cloud, logits)
-        ranks = target_ranks(fused, req.candidates, req.targets).numpy()
-        own_top10 = torch.topk(fused, 10, dim=1).indices.sort(1).values
-        cloud_top10 = torch.topk(-cloud.float(), 10, dim=1).indices.sort(1).values
-        out[row] = {"metrics": _metrics(ranks), "ranks": ranks.tolist(), **fitted,
-                    "share_top10_changed_from_cloud_list": float((own_top10 != cloud_top10).any(1).float().mean()),
-                    "trigger_mean_rank_distance": float(model.trigger_statistic(cloud, logits).mean()),
-                    "trigger_share_of_test_requests": float(model.triggered(cloud, logits).float().mean()),
-                    "srm": "SASRec (the sasrec_device row's RecBole training)", "results": run.config["results_dir"],
-                    "sees": f"cloud list of S_<=t0 (t0 = t - {gap}){', ordered by SCaLRec' if with_scalrec else ''}; "
-                            "SRM on S_<=t"}
-    return out
+    return {row: _rerank_row(LSC4Rec(own, srm.data, srm=srm.model).eval(), run, srm, gap, with_scalrec)
+            for row, with_scalrec in (("lsc4rec", False), ("lsc4rec+scalrec", True))}
+
+
+@torch.no_grad()
+def _rerank_inputs(model, run, srm, split: str, gap: int, with_scalrec: bool):
+    """The split's requests (S2 at ``gap``), the cloud ranks of their lists and the SRM's logits."""
+    from recbole_scalrec.model.sequential_recommender.lsc4rec import list_ranks
+    from recbole_scalrec.staleness.methods import method_scores, request_cues
+    from recbole_scalrec.staleness.snapshot import stale_requests
+
+    cfg = run.config
+    ids = run.sequences.eval_prefixes(split)
+    req = stale_requests(run.states, run.sequences, ids, gap, s2=True)
+    if with_scalrec:
+        cues = request_cues(req, run.item_table, cfg["spearman_top_m"])
+        cloud = list_ranks(method_scores("scalrec", req, run.item_table, cfg["fusion_weight"], run.heads, cues))
+    else:  # the cloud's list is in the cloud's order (top-N by its score at t0)
+        cloud = torch.arange(req.candidates.shape[1]).expand_as(req.candidates)
+    seq, length = srm.data.sequences.gather_sequences(torch.as_tensor(ids), srm.config["MAX_ITEM_LIST_LENGTH"])
+    return req, cloud, model.srm_logits(req.candidates, seq, length, srm.data.sequences.prefix_users(ids))
+
+
+@torch.no_grad()
+def _rerank_row(model, run, srm, gap: int, with_scalrec: bool) -> dict:
+    """One LSC4Rec row: ``w`` and the trigger fitted on validation, then the test requests."""
+    from recbole_scalrec.staleness.protocol import target_ranks
+
+    req, cloud, logits = _rerank_inputs(model, run, srm, "valid", gap, with_scalrec)
+    fitted = model.fit_fusion(cloud, logits, req.candidates, req.targets)
+    req, cloud, logits = _rerank_inputs(model, run, srm, "test", gap, with_scalrec)
+    fused = model.fuse(cloud, logits)
+    ranks = target_ranks(fused, req.candidates, req.targets).numpy()
+    own_top10 = torch.topk(fused, 10, dim=1).indices.sort(1).values
+    cloud_top10 = torch.topk(-cloud.float(), 10, dim=1).indices.sort(1).values
+    return {"metrics": _metrics(ranks), "ranks": ranks.tolist(), **fitted,
+            "share_top10_changed_from_cloud_list": float((own_top10 != cloud_top10).any(1).float().mean()),
+            "trigger_mean_rank_distance": float(model.trigger_statistic(cloud, logits).mean()),
+            "trigger_share_of_test_requests": float(model.triggered(cloud, logits).float().mean()),
+            "srm": "SASRec (the sasrec_device row's RecBole training)", "results": run.config["results_dir"],
+            "sees": f"cloud list of S_<=t0 (t0 = t - {gap}){', ordered by SCaLRec' if with_scalrec else ''}; SRM on S_<=t"}
 
 
 def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
