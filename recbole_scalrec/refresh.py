@@ -122,7 +122,7 @@ class Simulator:
 def evaluate_budgets(sim: Simulator, budgets: list[float], seed: int = 0) -> dict:
     """Every policy at every budget: calls per 1,000 test requests and the test NDCG@10 of each method."""
     valid, test = sim.run.prefixes["valid"], sim.run.prefixes["test"]
-    from recbole_scalrec.experiments.report import ndcg10 as ndcg10_per_request
+    from recbole_scalrec.experiments.report import ndcg10 as ndcg10_per_request, wilcoxon_p
 
     rows = []
     for budget in budgets:
@@ -140,16 +140,10 @@ def evaluate_budgets(sim: Simulator, budgets: list[float], seed: int = 0) -> dic
         for method in METHODS:
             a, b = (ndcg10_per_request(ranks[p][method]) for p in ("estimator", "fixed"))
             by_policy["estimator"].setdefault("vs_fixed", {})[method] = {"mean_diff": float((a - b).mean()),
-                                                           "wilcoxon_p": _wilcoxon(a, b)}
+                                                           "wilcoxon_p": wilcoxon_p(a, b)}
     never = sim.quality(test, run_windows(sim.run.sequences, test, sim.window)[1])
     always = sim.quality(test, np.zeros(len(test), dtype=np.int64))
     return {"rows": rows, "never_refresh": never, "always_refresh": always}
-
-
-def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import wilcoxon
-
-    return float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
 
 
 def markdown(result: dict, dataset: str, window: int) -> str:

@@ -51,6 +51,11 @@ def ndcg10(ranks: np.ndarray) -> np.ndarray:
     return np.where((ranks > 0) & (ranks <= 10), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
 
 
+def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Paired Wilcoxon signed-rank p of per-request values ``a`` against ``b`` (1.0 when they are equal)."""
+    return float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
+
+
 def methods_of(run: dict) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in run["results"]))
 
@@ -270,7 +275,7 @@ def targets(runs: list[dict]) -> list[str]:
         a, b = pooled_ndcg(runs, "scalrec", "S2", (5, 10, 20)), pooled_ndcg(runs, best, "S2", (5, 10, 20))
         if a is not None and b is not None:
             d = a - b
-            p = wilcoxon(a, b).pvalue if np.any(d) else 1.0
+            p = wilcoxon_p(a, b)
             out.append(f"* SCaLRec against the better of gate and dynamic fusion (`{best}`, {s2_mean(runs, best):.4f}): "
                        f"mean per-request difference {d.mean():+.4f} over {len(d)} (seed, gap, user) requests, "
                        f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {p:.3g}.")

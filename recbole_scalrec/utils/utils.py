@@ -45,26 +45,29 @@ _SUBMODULES = ("sequential_recommender",)
 _RECBOLE_SUBMODULES = ("sequential_recommender", "general_recommender")
 
 
-# this package's sequential models that are not structure encoders: the method's own class, which
-# wraps one, and the Table 2 baselines (a factorised item table, cloud-generated layers, a reranker)
-WRAPPERS = frozenset({"SCaLRec", "LLRec", "DUET", "LSC4Rec"})
+WRAPPERS = frozenset({"SCaLRec"})  # the method's own model class, which wraps a structure encoder
 
 
 def list_sequential_models() -> list[str]:
     """Names of the sequential models that can be the structure encoder (plug-in and RecBole;
-    the ``SCaLRec`` model class, which wraps one, and the Table 2 baselines ``LLRec``, ``DUET`` and
-    ``LSC4Rec`` are not listed)."""
-    names = set()
+    the ``SCaLRec`` model class, which wraps one, and this package's models the structure encoder
+    refuses, the Table 2 baselines, are not listed)."""
+    from recbole_scalrec.model.structure_encoder import REFUSED
+
+    names, ours = set(), set()
     for pkg in ("recbole_scalrec.model.sequential_recommender", "recbole.model.sequential_recommender"):
         module = import_recbole_sequential() if pkg.startswith("recbole.") else importlib.import_module(pkg)
-        names.update(n for n in getattr(module, "__all__", dir(module)) if n[:1].isupper())
+        found = {n for n in getattr(module, "__all__", dir(module)) if n[:1].isupper()}
         for info in pkgutil.iter_modules(module.__path__):
             sub = importlib.import_module(f"{pkg}.{info.name}")
-            names.update(
+            found.update(
                 n for n, obj in vars(sub).items()
                 if isinstance(obj, type) and obj.__module__ == sub.__name__ and n.lower() == info.name
             )
-    return sorted(names - WRAPPERS)
+        names |= found
+        if not pkg.startswith("recbole."):
+            ours = found
+    return sorted(names - WRAPPERS - (ours & set(REFUSED)))
 
 
 def get_model(model_name: str):
