@@ -146,13 +146,18 @@ def _general_ranks(fitted) -> np.ndarray:
     return np.asarray(full_ranking_metrics(scores, torch.as_tensor(seqs.targets(test))))
 
 
+def _training(overrides: dict) -> dict:
+    """The overrides that can change a row (where checkpoints are written cannot)."""
+    return {k: v for k, v in overrides.items() if k != "checkpoint_dir"}
+
+
 def kept_model(name: str, dataset: str, seed: int, overrides: dict) -> str:
     """Where a row's trained stock model is kept (``checkpoint_dir``, default ``saved``), keyed by the
-    model, dataset, seed and every override, so that a later call (another row, a resumed table)
-    loads it instead of training it again."""
+    model, dataset, seed and every override that can change the training (not the folder itself), so
+    that a later call (another row, a resumed table) loads it instead of training it again."""
     import hashlib
 
-    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps(_training(overrides), sort_keys=True, default=str).encode()).hexdigest()[:10]
     return os.path.join(overrides.get("checkpoint_dir") or "saved", "table2", f"{name}-{dataset}-seed{seed}-{digest}.pth")
 
 
@@ -261,13 +266,16 @@ def on_run_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -
     if not np.array_equal(srm.data.sequences.items, run.sequences.items):
         raise ValueError("the SRM's dataset and the SCaLRec run's differ (item ids or order); train both on the same data.")
     own = Config(model="LSC4Rec", dataset=dataset, config_dict=dict(overrides, state="WARNING"))  # its keys; the SRM's are srm's
-    return {row: _rerank_row(LSC4Rec(own, srm.data, srm=srm.model).eval(), run, srm, gap, with_scalrec)
-            for row, with_scalrec in (("lsc4rec", False), ("lsc4rec+scalrec", True))}
+    model = LSC4Rec(own, srm.data, srm=srm.model).eval()
+    splits = {split: _rerank_inputs(model, run, srm, split, gap) for split in ("valid", "test")}
+    return {row: _rerank_row(LSC4Rec(own, srm.data, srm=srm.model).eval(), splits, row, gap, run.config["results_dir"])
+            for row in ON_RUN}
 
 
 @torch.no_grad()
-def _rerank_inputs(model, run, srm, split: str, gap: int, with_scalrec: bool):
-    """The split's requests (S2 at ``gap``), the cloud ranks of their lists and the SRM's logits."""
+def _rerank_inputs(model, run, srm, split: str, gap: int) -> dict:
+    """The split's requests (S2 at ``gap``), the SRM's logits on their lists, and the lists' cloud
+    ranks per row: the cloud's own order (``lsc4rec``) and SCaLRec's (``lsc4rec+scalrec``)."""
     from recbole_scalrec.model.sequential_recommender.lsc4rec import list_ranks
     from recbole_scalrec.staleness.methods import method_scores, request_cues
     from recbole_scalrec.staleness.snapshot import stale_requests
@@ -275,23 +283,23 @@ def _rerank_inputs(model, run, srm, split: str, gap: int, with_scalrec: bool):
     cfg = run.config
     ids = run.sequences.eval_prefixes(split)
     req = stale_requests(run.states, run.sequences, ids, gap, s2=True)
-    if with_scalrec:
-        cues = request_cues(req, run.item_table, cfg["spearman_top_m"])
-        cloud = list_ranks(method_scores("scalrec", req, run.item_table, cfg["fusion_weight"], run.heads, cues))
-    else:  # the cloud's list is in the cloud's order (top-N by its score at t0)
-        cloud = torch.arange(req.candidates.shape[1]).expand_as(req.candidates)
+    cues = request_cues(req, run.item_table, cfg["spearman_top_m"])
+    cloud = {"lsc4rec": torch.arange(req.candidates.shape[1]).expand_as(req.candidates),  # top-N by the cloud's score at t0
+             "lsc4rec+scalrec": list_ranks(method_scores("scalrec", req, run.item_table, cfg["fusion_weight"],
+                                                         run.heads, cues))}
     seq, length = srm.data.sequences.gather_sequences(torch.as_tensor(ids), srm.config["MAX_ITEM_LIST_LENGTH"])
-    return req, cloud, model.srm_logits(req.candidates, seq, length, srm.data.sequences.prefix_users(ids))
+    logits = model.srm_logits(req.candidates, seq, length, srm.data.sequences.prefix_users(ids))
+    return {"req": req, "cloud": cloud, "logits": logits}
 
 
 @torch.no_grad()
-def _rerank_row(model, run, srm, gap: int, with_scalrec: bool) -> dict:
+def _rerank_row(model, splits: dict, row: str, gap: int, results_dir: str) -> dict:
     """One LSC4Rec row: ``w`` and the trigger fitted on validation, then the test requests."""
     from recbole_scalrec.staleness.protocol import target_ranks
 
-    req, cloud, logits = _rerank_inputs(model, run, srm, "valid", gap, with_scalrec)
-    fitted = model.fit_fusion(cloud, logits, req.candidates, req.targets)
-    req, cloud, logits = _rerank_inputs(model, run, srm, "test", gap, with_scalrec)
+    valid, test = splits["valid"], splits["test"]
+    fitted = model.fit_fusion(valid["cloud"][row], valid["logits"], valid["req"].candidates, valid["req"].targets)
+    cloud, logits, req = test["cloud"][row], test["logits"], test["req"]
     fused = model.fuse(cloud, logits)
     ranks = target_ranks(fused, req.candidates, req.targets).numpy()
     own_top10 = torch.topk(fused, 10, dim=1).indices.sort(1).values
@@ -300,16 +308,14 @@ def _rerank_row(model, run, srm, gap: int, with_scalrec: bool) -> dict:
             "share_top10_changed_from_cloud_list": float((own_top10 != cloud_top10).any(1).float().mean()),
             "trigger_mean_rank_distance": float(model.trigger_statistic(cloud, logits).mean()),
             "trigger_share_of_test_requests": float(model.triggered(cloud, logits).float().mean()),
-            "srm": "SASRec (the sasrec_device row's RecBole training)", "results": run.config["results_dir"],
-            "sees": f"cloud list of S_<=t0 (t0 = t - {gap}){', ordered by SCaLRec' if with_scalrec else ''}; SRM on S_<=t"}
+            "srm": "SASRec (the sasrec_device row's RecBole training)", "results": results_dir,
+            "sees": f"cloud list of S_<=t0 (t0 = t - {gap}){', ordered by SCaLRec' if row != 'lsc4rec' else ''}; SRM on S_<=t"}
 
 
 def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     """Paired Wilcoxon signed-rank tests over (seed, user) of per-request NDCG@10: SCaLRec against the
     best row (by mean NDCG@10) of each family, and LSC4Rec with SCaLRec attached against LSC4Rec."""
-    from scipy.stats import wilcoxon
-
-    from recbole_scalrec.experiments.report import ndcg10
+    from recbole_scalrec.experiments.report import ndcg10, wilcoxon_p
 
     def per_request(row: str) -> np.ndarray | None:
         ranks = [rows[row]["per_seed"][s].get("ranks") for s in seeds]
@@ -331,7 +337,7 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
         diff = a - b
         tests[f"{ours} vs {other}"] = {
             "family": family, "n": int(len(a)), "mean_diff": float(diff.mean()), "better": int((diff > 0).sum()),
-            "worse": int((diff < 0).sum()), "wilcoxon_p": float(wilcoxon(a, b).pvalue) if np.any(diff) else 1.0}
+            "worse": int((diff < 0).sum()), "wilcoxon_p": wilcoxon_p(a, b)}
     return tests
 
 
@@ -380,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in args.rows:
             path = os.path.join(folder, f"{row}.json")
             stored = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else None
-            if (stored is None or stored.get("gap") != args.gap or stored.get("overrides") != overrides
-                    or "ranks" not in stored):
+            if (stored is None or stored.get("gap") != args.gap or "ranks" not in stored
+                    or _training(stored.get("overrides") or {}) != _training(overrides)):
                 if row in ON_RUN:
                     if seed not in on_run:  # both rerankers from one rebuilt run
                         on_run[seed] = on_run_rows(args.runs, args.dataset, seed, args.gap, dict(overrides, seed=seed))
