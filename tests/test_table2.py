@@ -42,7 +42,8 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
             f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device", "lsc4rec",
+    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device",
+                                   "dccl_device", "lsc4rec",
                                    "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
@@ -65,7 +66,10 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     run = json.loads((tmp_path / "runs" / "tiny-SASRec-seed2020" / "results.json").read_text())
     scalrec = [r for r in run["results"] if (r["split"], r["setting"], r["gap"], r["method"]) == ("test", "S2", 5, "scalrec")]
     assert result["rows"]["scalrec"]["mean"]["ndcg@10"] == scalrec[0]["metrics"]["ndcg@10"]
-    assert len(list((tmp_path / "saved" / "table2").glob("*.pth"))) == 5  # LightGCN, SURGE, SASRec, LLRec, DUET kept
+    dccl = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "dccl_device.json").read_text())
+    assert [p["phase"] for p in dccl["phases"]] == ["patch", "distill", "patch"]  # the cloud came trained
+    assert dccl["parameters"] > 0 and "share_top10_changed_by_patch" in dccl["phases"][-1]
+    assert len(list((tmp_path / "saved" / "table2").glob("*.pth"))) == 6  # LightGCN, SURGE, SASRec, LLRec, DCCL, DUET kept
     mtime = (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime
     assert main(args) == 0  # a second call reuses every stored row
     assert (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime == mtime
@@ -171,3 +175,61 @@ def test_lsc4rec_fusion_goes_from_the_cloud_order_to_the_srm_order(tmp_path):
     assert picked["srm_weight"] == 1e6 and float(model.srm_weight) == 1e6
     assert picked["valid_ndcg@10_by_weight"][1e6] == 1.0
     assert 0.3 <= model.triggered(cloud, srm).float().mean() <= 0.7  # half the requests at a request ratio of 0.5
+
+
+def test_dccl_phases_train_their_own_parameters_and_the_patches_act(tmp_path):
+    """Patch phase: only the per-user patches move, each from its own user's rows, and the patched
+    model ranks differently; distillation: only the shared model moves, towards the frozen patched
+    teacher; the handed-over cloud model is copied, not changed; the trainer logs each phase."""
+    import torch
+
+    from recbole_scalrec.model.sequential_recommender.dccl import DCCL
+    from recbole_scalrec.trainer import DCCLTrainer
+
+    model, train = _small_model(tmp_path, "DCCL", epochs=2, dccl_patch_epochs=2, dccl_distill_epochs=1,
+                                dccl_patch_learning_rate=0.05, dccl_patch_reg=0.0, dccl_patch_rank=2)
+    given, _ = _small_model(tmp_path, "SASRec")
+    model.set_cloud(given)
+    before = {k: v.clone() for k, v in given.state_dict().items()}
+    assert model.set_phase("patch") == list(model.patch.parameters())
+    batch = next(iter(train))
+    users = batch["user_id"]
+    shared = {k: v.clone() for k, v in model.cloud.state_dict().items()}
+    optimizer = torch.optim.Adam(model.patch.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+    assert all(torch.equal(v, model.cloud.state_dict()[k]) for k, v in shared.items())
+    moved = model.patch.up.weight.abs().sum(1) > 0
+    assert moved[users].all() and not moved[torch.tensor(sorted(set(range(len(moved))) - set(users.tolist())))].any()
+    model.eval()
+    seq, length = batch["item_id_list"], batch["item_length"]
+    h = model.shared_vector(seq, length, users)
+    assert (model.patch.correction_norm(h, users) > 0).all()
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    params = model.set_phase("distill")
+    assert {id(p) for p in params} == {id(p) for p in model.cloud.parameters()}
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert all(p.grad is None for p in model.patch.parameters()) and "_teacher" not in dict(model.named_modules())
+    assert all(torch.equal(v, given.state_dict()[k]) for k, v in before.items())  # the given model is untouched
+
+    from recbole.data import data_preparation
+
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.data.dataset import SCaLRecDataset
+
+    config = Config(model="DCCL", dataset="tiny", config_dict={"data_path": tiny_run_config(tmp_path)["data_path"],
+                    "state": "ERROR", "hidden_size": 16, "n_layers": 1, "n_heads": 1, "inner_size": 32,
+                    "MAX_ITEM_LIST_LENGTH": 10, "epochs": 1, "dccl_patch_epochs": 1, "dccl_distill_epochs": 1,
+                    "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False})
+    train, valid, _ = data_preparation(config, SCaLRecDataset(config))
+    trainer = DCCLTrainer(config, DCCL(config, train.dataset))
+    trainer.fit(train, valid, saved=True)
+    assert [p["phase"] for p in trainer.phase_log] == ["cloud", "patch", "distill", "patch"]
+    for entry in trainer.phase_log:  # a phase never hands on a state worse on validation than the one it got
+        assert entry["valid_best"] >= entry["valid_start"]
+    last = trainer.phase_log[-1]
+    assert last["patch_relative_norm_mean"] >= 0 and 0 <= last["share_top10_changed_by_patch"] <= 1

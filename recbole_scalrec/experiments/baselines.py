@@ -37,11 +37,13 @@ METRICS = ("hit@5", "ndcg@5", "hit@10", "ndcg@10")
 NEGATIVE_SAMPLING = {"distribution": "uniform", "sample_num": 1, "alpha": 1.0, "dynamic": False, "candidate_num": 0}
 
 
-def _trainer_class(mask_history: bool):
+def _trainer_class(mask_history: bool, base=None):
+    """``base`` (the model's own trainer, default this package's ``Trainer``) whose full-sort scores are
+    not masked by the training history unless asked."""
     from recbole_scalrec.trainer import Trainer
 
-    class BaselineTrainer(Trainer):
-        """RecBole's trainer; full-sort scores are not masked by the training history unless asked."""
+    class BaselineTrainer(base or Trainer):
+        """The model's trainer; full-sort scores are not masked by the training history unless asked."""
 
         def _full_sort_batch_eval(self, batched_data):
             interaction, history_index, positive_u, positive_i = batched_data
@@ -80,7 +82,7 @@ def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_hi
     from recbole_scalrec.data.dataset import ProtocolOrderDataset, SCaLRecDataset
     from recbole_scalrec.data.prepare import ensure_prepared
     from recbole_scalrec.trainer.trainer import load_checkpoint
-    from recbole_scalrec.utils import get_model
+    from recbole_scalrec.utils import get_model, get_trainer
 
     cfg = {"seed": seed, "metrics": ["Hit", "NDCG"], "topk": [5, 10], "valid_metric": "NDCG@10", "eval_step": 1,
            "show_progress": False, "state": "WARNING", **overrides}
@@ -96,11 +98,13 @@ def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_hi
     model = get_model(name)(config, train.dataset).to(config["device"])
     if prepare is not None:
         prepare(model)
-    trainer = _trainer_class(mask_history)(config, model)
+    trainer = _trainer_class(mask_history, get_trainer(config["MODEL_TYPE"], name))(config, model)
     if keep and os.path.isfile(keep):
         stored = load_checkpoint(keep)
         model.load_state_dict(stored["state_dict"])
         seconds = float(stored["train_s"])
+        if "phase_log" in stored:  # what a multi-phase trainer recorded of its phases
+            trainer.phase_log = stored["phase_log"]
     else:
         start = time.perf_counter()
         trainer.fit(train, valid, saved=True, show_progress=False)
@@ -108,7 +112,10 @@ def fit_stock_model(name: str, dataset: str, seed: int, overrides: dict, mask_hi
         model.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
         if keep:
             os.makedirs(os.path.dirname(os.path.abspath(keep)), exist_ok=True)
-            torch.save({"state_dict": model.state_dict(), "train_s": torch.tensor(seconds)}, keep)
+            kept = {"state_dict": model.state_dict(), "train_s": torch.tensor(seconds)}
+            if hasattr(trainer, "phase_log"):
+                kept["phase_log"] = trainer.phase_log
+            torch.save(kept, keep)
     model.eval()
     return FittedModel(name, general, config, data, model, trainer, test, round(seconds, 1))
 

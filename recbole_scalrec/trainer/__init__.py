@@ -1,4 +1,5 @@
 from recbole_scalrec.trainer.trainer import Trainer, load_checkpoint, save_checkpoint
+from recbole_scalrec.trainer.dccl_trainer import DCCLTrainer
 
 
 def __getattr__(name: str):
@@ -10,4 +11,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Trainer", "SCaLRecTrainer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Trainer", "SCaLRecTrainer", "DCCLTrainer", "load_checkpoint", "save_checkpoint"]
