@@ -163,7 +163,8 @@ def build_run(model: str | None = None, dataset: str | None = None, config_file_
             stage2_info = {"loaded": heads_file}
     info = {"stage1": stage1_info, "stage2": stage2_info, "cache": channel.cache_stats,
             "lm_precision": dict(channel.encoder.precision_info, precision=channel.encoder.precision),
-            "n_users_raw": n_users_raw, "world_size": world, "semantic": channel.table, "trainer": trainer}
+            "n_users_raw": n_users_raw, "world_size": world, "semantic": channel.table, "trainer": trainer,
+            "dataset": data}
     return ScalRecRun(config, sequences, prefixes, scalrec.fusion, states, dict(scalrec.heads.items()), timer,
                       channel.lm_forward_calls, full_ranking, info)
 

@@ -43,7 +43,7 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device",
-                                   "dccl_device", "lsc4rec",
+                                   "dccl_device", "cda4rec", "cda4rec+scalrec", "lsc4rec",
                                    "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
@@ -66,6 +66,9 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     run = json.loads((tmp_path / "runs" / "tiny-SASRec-seed2020" / "results.json").read_text())
     scalrec = [r for r in run["results"] if (r["split"], r["setting"], r["gap"], r["method"]) == ("test", "S2", 5, "scalrec")]
     assert result["rows"]["scalrec"]["mean"]["ndcg@10"] == scalrec[0]["metrics"]["ndcg@10"]
+    cda = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "cda4rec.json").read_text())
+    assert abs(sum(cda["test_plan_share"]) - 1) < 1e-6 and len(cda["strategies"]) == len(cda["test_plan_share"])
+    assert cda["training_requests"] > 0 and cda["valid_ndcg@10"] >= cda["valid_ndcg@10_start"]
     dccl = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "dccl_device.json").read_text())
     assert [p["phase"] for p in dccl["phases"]] == ["patch", "distill", "patch"]  # the cloud came trained
     assert dccl["parameters"] > 0 and "share_top10_changed_by_patch" in dccl["phases"][-1]
@@ -233,3 +236,42 @@ def test_dccl_phases_train_their_own_parameters_and_the_patches_act(tmp_path):
         assert entry["valid_best"] >= entry["valid_start"]
     last = trainer.phase_log[-1]
     assert last["patch_relative_norm_mean"] >= 0 and 0 <= last["share_top10_changed_by_patch"] <= 1
+
+
+def test_cda4rec_planner_learns_which_strategy_ranks_the_target(tmp_path):
+    """On requests where the context says which strategy puts the target first, the planner's
+    mixture likelihood teaches it to plan that strategy; the run's own fusion weight is a strategy."""
+    import pytest
+    import torch
+
+    from recbole_scalrec.model.sequential_recommender.cda4rec import CDA4Rec
+    from recbole_scalrec.config import Config
+    from recbole.data import data_preparation
+    from recbole_scalrec.data.dataset import SCaLRecDataset
+
+    cfg = tiny_run_config(tmp_path)
+    config = Config(model="CDA4Rec", dataset="tiny", config_dict={
+        "data_path": cfg["data_path"], "state": "ERROR", "cda4rec_strategies": [0.0, 1.0], "fusion_weight": 0.3,
+        "cda4rec_epochs": 40, "cda4rec_stopping_step": 40, "cda4rec_learning_rate": 0.01, "cda4rec_batch_size": 64})
+    train, _, _ = data_preparation(config, SCaLRecDataset(config))
+    model = CDA4Rec(config, train.dataset, n_features=4)
+    assert model.strategies.tolist() == pytest.approx([0.0, 0.3, 1.0])
+
+    def requests(n: int, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        features = torch.randn(n, 4, generator=g)
+        best = (features[:, 0] > 0).long() * 2  # strategy 0 or 2 ranks the target (candidate 0) first
+        scores = torch.randn(n, 3, 20, generator=g)
+        scores[torch.arange(n), best, 0] = 10.0
+        scores[torch.arange(n), 2 - best, 0] = -10.0
+        scores[:, 1, 0] = -10.0
+        hit = torch.zeros(n, 20, dtype=torch.bool)
+        hit[:, 0] = True
+        return {"features": features, "scores": scores, "hit": hit}
+
+    valid = requests(200, 1)
+    fitted = model.fit_planner(requests(1000, 0), valid)
+    assert fitted["valid_ndcg@10"] > 0.95 and fitted["valid_ndcg@10_start"] < 0.8
+    plan = model.plan(valid["features"])
+    assert ((plan == 2) == (valid["features"][:, 0] > 0)).float().mean() > 0.95
+    assert fitted["valid_plan_share"][1] < 0.05  # the strategy that never ranks the target is not planned

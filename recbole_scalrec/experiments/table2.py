@@ -45,12 +45,13 @@ METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
 # in this order the rows that share a trained SASRec (cloud, device, LLRec's teacher) follow each other
 FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "sasrec_device": "On-device",
             "llrec_device": "On-device", "dccl_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
-            "duet": "Device-cloud", "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
+            "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud", "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
             "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
 STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec", "duet": "DUET"}
 FROM_RUN = ("cached_fusion", "scalrec", "fresh_fusion")
 ON_RUN = ("lsc4rec", "lsc4rec+scalrec")  # rerankers of the SCaLRec run's cached candidates
+PLANNED = ("cda4rec", "cda4rec+scalrec")  # the cloud's cached plan executed on the SCaLRec run's cache
 _FITTED: dict = {}  # the last stock model trained in this process
 _RUN: dict = {}  # the last SCaLRec run rebuilt from its folder
 
@@ -281,6 +282,60 @@ def on_run_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -
             for row in ON_RUN}
 
 
+def planned_rows(runs: str, dataset: str, seed: int, gap: int, overrides: dict) -> dict[str, dict]:
+    """``cda4rec`` and ``cda4rec+scalrec`` on the SCaLRec run's cache: the planner is trained on the
+    run's stage-2 training requests and stopped on the validation requests, both as the cloud sees
+    them (gap 0); each test request at ``t`` then executes the plan the cloud made at ``t0 = t - gap``
+    on the snapshot's candidates (S2), with the cached semantics (``cda4rec``) or with SCaLRec's
+    calibration of them (``cda4rec+scalrec``, the run's trained head)."""
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.model.sequential_recommender.cda4rec import CDA4Rec, plan_features
+    from recbole_scalrec.staleness.methods import Adjustment, adjustment, adjusted_scores, request_cues
+    from recbole_scalrec.staleness.protocol import target_ranks
+    from recbole_scalrec.staleness.snapshot import stale_requests
+
+    run = _loaded_run(runs, dataset, seed)
+    cfg, table = run.config, run.item_table
+    own = Config(model="CDA4Rec", dataset=dataset,
+                 config_dict=dict(overrides, state="WARNING", fusion_weight=cfg["fusion_weight"]))
+    dim = run.states.z_sem.shape[1]
+    model = CDA4Rec(own, run.info["dataset"], n_features=2 * dim + 3)
+
+    @torch.no_grad()
+    def as_cloud(ids: np.ndarray) -> dict:  # the cloud's own requests: no staleness
+        req = stale_requests(run.states, run.sequences, ids, 0, s2=True)
+        scores = torch.stack([adjusted_scores(adjustment("cached_fusion", req, float(w)), req, table)
+                              for w in model.strategies], 1)
+        return {"features": plan_features(run.states, ids), "scores": scores,
+                "hit": req.candidates == req.targets[:, None]}
+
+    torch.manual_seed(seed)
+    fitted = model.fit_planner(as_cloud(run.prefixes["stage2"]), as_cloud(run.prefixes["valid"]), seed=seed)
+    test = run.sequences.eval_prefixes("test")
+    req = stale_requests(run.states, run.sequences, test, gap, s2=True)
+    with torch.no_grad():
+        plan = model.plan(plan_features(run.states, run.sequences.shift_prefix(test, gap)[0]))
+        weight = model.strategies[plan][:, None]
+        cues = request_cues(req, table, cfg["spearman_top_m"])
+        cached = adjusted_scores(adjustment("cached_fusion", req, cfg["fusion_weight"]), req, table)
+        semantics = {"cda4rec": req.z_sem_snap,
+                     "cda4rec+scalrec": adjustment("scalrec", req, cfg["fusion_weight"], run.heads, cues).z_sem}
+        rows = {}
+        for row, z_sem in semantics.items():
+            scores = adjusted_scores(Adjustment(z_sem, weight), req, table)
+            ranks = target_ranks(scores, req.candidates, req.targets).numpy()
+            changed = (torch.topk(scores, 10, 1).indices.sort(1).values
+                       != torch.topk(cached, 10, 1).indices.sort(1).values).any(1)
+            counts = torch.bincount(plan, minlength=len(model.strategies))
+            rows[row] = {"metrics": _metrics(ranks), "ranks": ranks.tolist(), **fitted,
+                         "test_plan_share": (counts.float() / counts.sum()).tolist(),
+                         "share_top10_changed_from_cached_fusion": float(changed.float().mean()),
+                         "results": cfg["results_dir"],
+                         "sees": f"plan, candidates and semantics of S_<=t0 (t0 = t - {gap})"
+                                 f"{', semantics calibrated by SCaLRec' if row != 'cda4rec' else ''}; device model on S_<=t"}
+    return rows
+
+
 @torch.no_grad()
 def _rerank_inputs(model, run, srm, split: str, gap: int) -> dict:
     """The split's requests (S2 at ``gap``), the SRM's logits on their lists, and the lists' cloud
@@ -401,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                     if seed not in on_run:  # both rerankers from one rebuilt run
                         on_run[seed] = on_run_rows(args.runs, args.dataset, seed, args.gap, dict(overrides, seed=seed))
                     result = on_run[seed][row]
+                elif row in PLANNED:
+                    if ("planned", seed) not in on_run:
+                        on_run[("planned", seed)] = planned_rows(args.runs, args.dataset, seed, args.gap,
+                                                                 dict(overrides, seed=seed))
+                    result = on_run[("planned", seed)][row]
                 elif row in FROM_RUN:
                     result = run_row(row, args.runs, args.dataset, seed, args.gap)
                 else:
