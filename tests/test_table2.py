@@ -39,11 +39,12 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
                           stage2_methods=["scalrec"], eval_gaps=[0, 5])
     run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=cfg)
     args = ["--dataset", "tiny", "--seeds", "2020", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table2"),
-            f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL]
+            f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL,
+            "--prefer_rounds=1", "--prefer_edge_servers=2", "--prefer_simulation_cpus=1"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device",
-                                   "dccl_device", "cda4rec", "cda4rec+scalrec", "lsc4rec",
+                                   "dccl_device", "prefer_device", "cda4rec", "cda4rec+scalrec", "lsc4rec",
                                    "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
@@ -72,7 +73,10 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     dccl = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "dccl_device.json").read_text())
     assert [p["phase"] for p in dccl["phases"]] == ["patch", "distill", "patch"]  # the cloud came trained
     assert dccl["parameters"] > 0 and "share_top10_changed_by_patch" in dccl["phases"][-1]
-    assert len(list((tmp_path / "saved" / "table2").glob("*.pth"))) == 6  # LightGCN, SURGE, SASRec, LLRec, DCCL, DUET kept
+    prefer = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "prefer_device.json").read_text())
+    assert [r["round"] for r in prefer["rounds"] if "round" in r] == [1] and prefer["rounds"][-1]["edges"] == 2
+    kept = {p.name.split("-")[0] for p in (tmp_path / "saved" / "table2").glob("*.pth")}
+    assert kept == {"LightGCN", "SURGE", "SASRec", "LLRec", "DCCL", "PREFER", "DUET"}
     mtime = (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime
     assert main(args) == 0  # a second call reuses every stored row
     assert (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime == mtime
@@ -275,3 +279,41 @@ def test_cda4rec_planner_learns_which_strategy_ranks_the_target(tmp_path):
     plan = model.plan(valid["features"])
     assert ((plan == 2) == (valid["features"][:, 0] > 0)).float().mean() > 0.95
     assert fitted["valid_plan_share"][1] < 0.05  # the strategy that never ranks the target is not planned
+
+
+def test_prefer_trains_federated_with_flower_and_keeps_user_embeddings_local(tmp_path):
+    """Flower's simulation runs the rounds over the edge servers; only the encoder's tensors travel,
+    the user embeddings come back from the edges' local state and change the ranking; the kept round
+    is the best on federated validation."""
+    import torch
+    from recbole.data import data_preparation
+
+    from recbole_scalrec.config import Config
+    from recbole_scalrec.data.dataset import SCaLRecDataset
+    from recbole_scalrec.model.sequential_recommender.prefer import PREFER
+    from recbole_scalrec.trainer import PREFERTrainer
+
+    config = Config(model="PREFER", dataset="tiny", config_dict={
+        "data_path": tiny_run_config(tmp_path)["data_path"], "state": "ERROR", "hidden_size": 16, "n_layers": 1,
+        "n_heads": 1, "inner_size": 32, "MAX_ITEM_LIST_LENGTH": 10, "prefer_rounds": 2, "prefer_edge_servers": 2, "prefer_simulation_cpus": 1,
+        "learning_rate": 0.01, "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False})
+    train, valid, _ = data_preparation(config, SCaLRecDataset(config))
+    model = PREFER(config, train.dataset)
+    start = [a.copy() for a in model.shared_arrays()]
+    assert len(start) == len(model.encoder.state_dict()) and "user_embedding.weight" not in model.shared_names()
+    trainer = PREFERTrainer(config, model)
+    trainer.fit(train, valid)
+    rounds = [r for r in trainer.phase_log if "round" in r]
+    assert [r["round"] for r in rounds] == [1, 2] and all(0 <= r["valid_ndcg@10"] <= 1 for r in rounds)
+    summary = trainer.phase_log[-1]
+    assert summary["edges"] == 2 and sum(summary["train_prefixes_per_edge"]) == len(train.dataset.inter_feat)
+    assert summary["kept_round"] == max(rounds, key=lambda r: r["valid_ndcg@10"])["round"]
+    assert any(not np.array_equal(a, b) for a, b in zip(start, model.shared_arrays()))  # the global model trained
+    users = torch.unique(train.dataset.inter_feat["user_id"])
+    assert (model.user_embedding.weight[users].norm(dim=1) > 0).all()  # every user's e_u came back from its edge
+    batch = valid.dataset.inter_feat[torch.arange(8)]
+    with torch.no_grad():
+        with_eu = model.full_sort_predict(batch)
+        h = model(batch["item_id_list"], batch["item_length"], batch["user_id"]) - model.user_embedding(batch["user_id"])
+    assert not torch.allclose(with_eu, h @ model.item_table.T)
+    assert model.on_device_parameters() == sum(p.numel() for p in model.encoder.parameters()) + 16

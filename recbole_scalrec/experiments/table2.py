@@ -19,9 +19,17 @@ SCaLRec run):
 * **On-device** (``S_{<=t}``, no cloud at request time): ``llrec_device``, a compact GRU with a
   factorised item table distilled from the cloud SASRec
   (:class:`~recbole_scalrec.model.sequential_recommender.llrec.LLRec`; its parameter count and
-  per-request latency are recorded), and ``sasrec_device``, the cloud's SASRec itself run on the
-  fresh prefix (a device that could hold the full model).
-* **Device-cloud**: ``cached_fusion`` (the fused model with the snapshot's candidates and semantics,
+  per-request latency are recorded), ``sasrec_device``, the cloud's SASRec itself run on the
+  fresh prefix (a device that could hold the full model), ``dccl_device`` (the cloud SASRec with a
+  per-user low-rank patch tuned on each user's own history and distilled back into the shared model,
+  :class:`~recbole_scalrec.model.sequential_recommender.dccl.DCCL`) and ``prefer_device`` (a SASRec
+  trained federated by Flower in simulation over edge servers, user embeddings kept on the devices,
+  :class:`~recbole_scalrec.model.sequential_recommender.prefer.PREFER`).
+* **Device-cloud**: ``duet`` (the cloud's hypernetwork generates the device model's last layers from
+  ``S_{<=t0}``), ``lsc4rec`` (the device's SASRec reranks the cloud's cached list and fuses with its
+  rank, a learned weight) and ``lsc4rec+scalrec`` (the list ordered by SCaLRec's semantics),
+  ``cda4rec`` (the cloud's strategy plan of ``t0`` executed on the device at ``t``) and
+  ``cda4rec+scalrec`` (the same plan with SCaLRec's calibrated semantics); ``cached_fusion`` (the fused model with the snapshot's candidates and semantics,
   S2) and ``scalrec`` (SCaLRec's estimator and calibrator on them), read from the SCaLRec run
   folders ``<runs>/<dataset>-SASRec-seed<seed>/results.json``; ``fresh_fusion`` (fresh semantics on
   the same candidates) is the bound no deployment reaches.
@@ -44,11 +52,12 @@ from recbole_scalrec.data.dataset import ProtocolOrderDataset
 METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
 # in this order the rows that share a trained SASRec (cloud, device, LLRec's teacher) follow each other
 FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "sasrec_device": "On-device",
-            "llrec_device": "On-device", "dccl_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
+            "llrec_device": "On-device", "dccl_device": "On-device", "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
             "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud", "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
             "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
-STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec", "duet": "DUET"}
+STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec", "duet": "DUET",
+         "prefer_device": "PREFER"}
 FROM_RUN = ("cached_fusion", "scalrec", "fresh_fusion")
 ON_RUN = ("lsc4rec", "lsc4rec+scalrec")  # rerankers of the SCaLRec run's cached candidates
 PLANNED = ("cda4rec", "cda4rec+scalrec")  # the cloud's cached plan executed on the SCaLRec run's cache
@@ -118,6 +127,8 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
                      phases=fitted.trainer.phase_log)
     else:
         fitted = _stock(STOCK[row], dataset, seed, overrides)
+    if row == "prefer_device":
+        extra.update(rounds=fitted.trainer.phase_log, federated="Flower (flwr) simulation, FedAvg over edge servers")
     seqs = fitted.data.sequences
     test = seqs.eval_prefixes("test")
     snapshot = seqs.shift_prefix(test, gap)[0]
@@ -378,7 +389,8 @@ def _rerank_row(model, splits: dict, row: str, gap: int, results_dir: str) -> di
 
 def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     """Paired Wilcoxon signed-rank tests over (seed, user) of per-request NDCG@10: SCaLRec against the
-    best row (by mean NDCG@10) of each family, and LSC4Rec with SCaLRec attached against LSC4Rec."""
+    best row (by mean NDCG@10) of each family, and each device-cloud system with SCaLRec attached
+    (LSC4Rec, CDA4Rec) against the same system alone."""
     from recbole_scalrec.experiments.report import ndcg10, wilcoxon_p
 
     def per_request(row: str) -> np.ndarray | None:
@@ -390,8 +402,9 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
         members = [r for r in rows if rows[r]["family"] == family and "scalrec" not in r]
         if members and "scalrec" in rows:
             pairs.append(("scalrec", max(members, key=lambda r: rows[r]["mean"]["ndcg@10"]), family))
-    if "lsc4rec" in rows and "lsc4rec+scalrec" in rows:
-        pairs.append(("lsc4rec+scalrec", "lsc4rec", "SCaLRec attached"))
+    for system in ("lsc4rec", "cda4rec"):
+        if system in rows and f"{system}+scalrec" in rows:
+            pairs.append((f"{system}+scalrec", system, "SCaLRec attached"))
     tests = {}
     for ours, other, family in pairs:
         a, b = per_request(ours), per_request(other)

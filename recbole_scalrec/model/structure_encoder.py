@@ -43,6 +43,12 @@ REFUSED = {
             "layers; compare with it by python -m recbole_scalrec.table2",
     "LSC4Rec": "it is this package's device-cloud baseline (Table 2), a reranker of the cloud's candidate list; "
                "compare with it by python -m recbole_scalrec.table2",
+    "DCCL": "it is this package's on-device baseline (Table 2), whose user vector carries a per-user patch "
+            "tuned on the device; compare with it by python -m recbole_scalrec.table2",
+    "PREFER": "it is this package's federated on-device baseline (Table 2), whose user vector needs the user's "
+              "local embedding kept on an edge server; compare with it by python -m recbole_scalrec.table2",
+    "CDA4Rec": "it is this package's device-cloud baseline (Table 2), a strategy planner over fusion weights "
+               "rather than a sequence encoder; compare with it by python -m recbole_scalrec.table2",
     "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
     "GRU4RecKG": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",
 }

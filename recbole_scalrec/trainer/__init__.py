@@ -1,5 +1,6 @@
 from recbole_scalrec.trainer.trainer import Trainer, load_checkpoint, save_checkpoint
 from recbole_scalrec.trainer.dccl_trainer import DCCLTrainer
+from recbole_scalrec.trainer.prefer_trainer import PREFERTrainer
 
 
 def __getattr__(name: str):
@@ -11,4 +12,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Trainer", "SCaLRecTrainer", "DCCLTrainer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Trainer", "SCaLRecTrainer", "DCCLTrainer", "PREFERTrainer", "load_checkpoint", "save_checkpoint"]
