@@ -299,6 +299,7 @@ def test_prefer_trains_federated_with_flower_and_keeps_user_embeddings_local(tmp
         "learning_rate": 0.01, "checkpoint_dir": str(tmp_path / "saved"), "show_progress": False})
     train, valid, _ = data_preparation(config, SCaLRecDataset(config))
     model = PREFER(config, train.dataset)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     start = [a.copy() for a in model.shared_arrays()]
     assert len(start) == len(model.encoder.state_dict()) and "user_embedding.weight" not in model.shared_names()
     trainer = PREFERTrainer(config, model)
@@ -317,3 +318,12 @@ def test_prefer_trains_federated_with_flower_and_keeps_user_embeddings_local(tmp
         h = model(batch["item_id_list"], batch["item_length"], batch["user_id"]) - model.user_embedding(batch["user_id"])
     assert not torch.allclose(with_eu, h @ model.item_table.T)
     assert model.on_device_parameters() == sum(p.numel() for p in model.encoder.parameters()) + 16
+    # each edge seeds its own batches and dropout: two edges at once train what one at a time does
+    config["prefer_simulation_cpus"] = 2
+    parallel = PREFER(config, train.dataset)
+    parallel.load_state_dict(initial)
+    again = PREFERTrainer(config, parallel)
+    again.fit(train, valid)
+    assert [r.get("valid_ndcg@10") for r in again.phase_log] == [r.get("valid_ndcg@10") for r in trainer.phase_log]
+    for a, b in zip(model.shared_arrays(), parallel.shared_arrays()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

@@ -35,8 +35,11 @@ SCaLRec run):
   the same candidates) is the bound no deployment reaches.
 
 Each finished (row, seed) is stored in ``<out>/<dataset>/seed-<seed>/<row>.json`` and reused by a
-later call with the same gap; ``<out>/<dataset>.json`` and ``<out>/<dataset>.md`` hold the table.
-The last line printed is one JSON object.
+later call with the same gap and the same training overrides (``checkpoint_dir`` and
+``prefer_simulation_cpus`` do not count); after changing a model's yaml default, delete its stored
+rows (kept models, ``<checkpoint_dir>/table2/*.pth``, are keyed by the yaml too).
+``<out>/<dataset>.json`` and ``<out>/<dataset>.md`` hold the table. The last line printed is one
+JSON object.
 """
 from __future__ import annotations
 
@@ -165,18 +168,28 @@ def _general_ranks(fitted) -> np.ndarray:
     return np.asarray(full_ranking_metrics(scores, torch.as_tensor(seqs.targets(test))))
 
 
+RESOURCE_KEYS = ("checkpoint_dir", "prefer_simulation_cpus")  # where checkpoints go, how many edges run at once
+
+
 def _training(overrides: dict) -> dict:
-    """The overrides that can change a row (where checkpoints are written cannot)."""
-    return {k: v for k, v in overrides.items() if k != "checkpoint_dir"}
+    """The overrides that can change a row (where checkpoints are written, or how many CPUs the
+    federated simulation is given, cannot)."""
+    return {k: v for k, v in overrides.items() if k not in RESOURCE_KEYS}
 
 
 def kept_model(name: str, dataset: str, seed: int, overrides: dict) -> str:
     """Where a row's trained stock model is kept (``checkpoint_dir``, default ``saved``), keyed by the
     model, dataset, seed and every override that can change the training (not the folder itself), so
-    that a later call (another row, a resumed table) loads it instead of training it again."""
+    that a later call (another row, a resumed table) loads it instead of training it again. The
+    model's yaml defaults are part of the key: a changed default trains it again."""
     import hashlib
 
-    digest = hashlib.sha1(json.dumps(_training(overrides), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    from recbole_scalrec.utils import properties_dir
+
+    yaml = properties_dir() / "model" / f"{name}.yaml"
+    defaults = yaml.read_text(encoding="utf-8") if yaml.is_file() else ""
+    key = json.dumps(_training(overrides), sort_keys=True, default=str) + defaults
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return os.path.join(overrides.get("checkpoint_dir") or "saved", "table2", f"{name}-{dataset}-seed{seed}-{digest}.pth")
 
 

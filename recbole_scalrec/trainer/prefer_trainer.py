@@ -53,7 +53,10 @@ def _edge_client(model, edge: int, train: dict, valid: dict, fields: dict, state
             self._prepare(parameters, rnd - 1)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            # the edge's own seeds (batch order and dropout): a round's result does not depend on how
+            # many edges Ray runs at once (prefer_simulation_cpus) or in which order
             generator = torch.Generator().manual_seed(seed * 1000 + rnd * 10 + edge)
+            torch.manual_seed(seed * 1000 + rnd * 10 + edge)
             n = len(train[fields["target"]])
             total, steps = 0.0, 0
             for _ in range(epochs):
@@ -86,8 +89,8 @@ class PREFERTrainer(Trainer):
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
-        self.rounds = int(config["prefer_rounds"] or 10)
-        self.local_epochs = int(config["prefer_local_epochs"] or 1)
+        self.rounds = int(config["prefer_rounds"] or 15)
+        self.local_epochs = int(config["prefer_local_epochs"] or 2)
         self.edges = int(config["prefer_edge_servers"] or 4)
         self.cpus = int(config["prefer_simulation_cpus"] or 2)
         self.phase_log: list[dict] = []
