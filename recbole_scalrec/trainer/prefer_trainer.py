@@ -160,7 +160,8 @@ class PREFERTrainer(Trainer):
         model.load_shared(strategy.params[best["round"]])
         with torch.no_grad():
             for e in edges:
-                stored = torch.load(os.path.join(state_dir, f"edge-{e}-round{best['round']}.pt"), weights_only=True)
+                path = os.path.join(state_dir, f"edge-{e}-round{best['round']}.pt")
+                stored = torch.load(path, weights_only=True)
                 model.user_embedding.weight[stored["users"]] = stored["e_u"]
         shutil.rmtree(state_dir, ignore_errors=True)
         log.append({"edges": len(edges), "train_prefixes_per_edge": [int((train_edge == e).sum()) for e in edges],
