@@ -309,6 +309,7 @@ def test_prefer_trains_federated_with_flower_and_keeps_user_embeddings_local(tmp
     summary = trainer.phase_log[-1]
     assert summary["edges"] == 2 and sum(summary["train_prefixes_per_edge"]) == len(train.dataset.inter_feat)
     assert summary["kept_round"] == max(rounds, key=lambda r: r["valid_ndcg@10"])["round"]
+    assert summary["rounds_run"] == 2 and not summary["stopped_early"]
     assert any(not np.array_equal(a, b) for a, b in zip(start, model.shared_arrays()))  # the global model trained
     users = torch.unique(train.dataset.inter_feat["user_id"])
     assert (model.user_embedding.weight[users].norm(dim=1) > 0).all()  # every user's e_u came back from its edge
@@ -327,3 +328,12 @@ def test_prefer_trains_federated_with_flower_and_keeps_user_embeddings_local(tmp
     assert [r.get("valid_ndcg@10") for r in again.phase_log] == [r.get("valid_ndcg@10") for r in trainer.phase_log]
     for a, b in zip(model.shared_arrays(), parallel.shared_arrays()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # early stopping in rounds: with nothing to learn (learning rate 0) round 2 does not beat round 1,
+    # and with a patience of one round no edge is called after it
+    config["prefer_simulation_cpus"], config["prefer_rounds"], config["prefer_stopping_rounds"] = 1, 4, 1
+    config["learning_rate"] = 0.0
+    still = PREFERTrainer(config, PREFER(config, train.dataset))
+    still.fit(train, valid)
+    assert [r["round"] for r in still.phase_log if "round" in r] == [1, 2]
+    assert still.phase_log[-1]["rounds_run"] == 2 and still.phase_log[-1]["stopped_early"]
+    assert still.phase_log[-1]["kept_round"] == 1

@@ -8,8 +8,9 @@ own embeddings ``e_u``, on its users' training prefixes for ``prefer_local_epoch
 trainer's checkpoint folder; they never reach the server) and returns the user-independent
 parameters; Flower's FedAvg averages them weighted by training prefixes. Each edge then scores its
 users' validation requests with the new global model (full sort, NDCG@10) and FedAvg's
-evaluation averages the scores. After ``prefer_rounds`` rounds the round with the best validation
-score is kept (global parameters and that round's ``e_u``). :attr:`PREFERTrainer.phase_log` holds the
+evaluation averages the scores. After ``prefer_rounds`` rounds, or once ``prefer_stopping_rounds``
+rounds in a row have not beaten the best (the stock models' early stopping, in rounds), the round
+with the best validation score is kept (global parameters and that round's ``e_u``). :attr:`PREFERTrainer.phase_log` holds the
 per-round record (validation NDCG@10, mean training loss, mean ``||e_u||``) and the edges' sizes.
 """
 from __future__ import annotations
@@ -89,8 +90,9 @@ class PREFERTrainer(Trainer):
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
-        self.rounds = int(config["prefer_rounds"] or 15)
-        self.local_epochs = int(config["prefer_local_epochs"] or 2)
+        self.rounds = int(config["prefer_rounds"] or 50)
+        self.local_epochs = int(config["prefer_local_epochs"] or 1)
+        self.patience = int(config["prefer_stopping_rounds"] or 0)
         self.edges = int(config["prefer_edge_servers"] or 4)
         self.cpus = int(config["prefer_simulation_cpus"] or 2)
         self.phase_log: list[dict] = []
@@ -123,13 +125,23 @@ class PREFERTrainer(Trainer):
             return _edge_client(model, edge, *parts[edge], fields, state_dir, lr, local_epochs, batch, seed)
 
         log = self.phase_log
+        patience = self.patience
 
         class KeepEveryRound(fl.server.strategy.FedAvg):
-            """FedAvg that remembers each round's global parameters and federated validation score."""
+            """FedAvg that remembers each round's global parameters and federated validation score,
+            and stops sending work to the edges once ``patience`` rounds have not beaten the best
+            (Flower then passes the remaining rounds without calling any client)."""
 
             def __init__(self, **kwargs) -> None:
                 super().__init__(**kwargs)
                 self.params: dict[int, list[np.ndarray]] = {}
+                self.best_round, self.best_score, self.stopped = 0, -1.0, False
+
+            def configure_fit(self, server_round, parameters, client_manager):
+                return [] if self.stopped else super().configure_fit(server_round, parameters, client_manager)
+
+            def configure_evaluate(self, server_round, parameters, client_manager):
+                return [] if self.stopped else super().configure_evaluate(server_round, parameters, client_manager)
 
             def aggregate_fit(self, rnd, results, failures):
                 if failures:
@@ -145,7 +157,11 @@ class PREFERTrainer(Trainer):
                 if failures:
                     raise RuntimeError(f"PREFER round {rnd}: {len(failures)} edge evaluations failed: {failures[0]!r}")
                 n = sum(r.num_examples for _, r in results)
-                log[-1]["valid_ndcg@10"] = sum(r.metrics["ndcg@10"] * r.num_examples for _, r in results) / n
+                score = sum(r.metrics["ndcg@10"] * r.num_examples for _, r in results) / n
+                log[-1]["valid_ndcg@10"] = score
+                if score > self.best_score:
+                    self.best_round, self.best_score = rnd, score
+                self.stopped = patience > 0 and rnd - self.best_round >= patience
                 return super().aggregate_evaluate(rnd, results, failures)
 
         strategy = KeepEveryRound(
@@ -164,8 +180,9 @@ class PREFERTrainer(Trainer):
                 stored = torch.load(path, weights_only=True)
                 model.user_embedding.weight[stored["users"]] = stored["e_u"]
         shutil.rmtree(state_dir, ignore_errors=True)
+        rounds_run = sum(1 for r in log if "round" in r)
         log.append({"edges": len(edges), "train_prefixes_per_edge": [int((train_edge == e).sum()) for e in edges],
-                    "kept_round": best["round"]})
+                    "kept_round": best["round"], "rounds_run": rounds_run, "stopped_early": rounds_run < self.rounds})
         self.best_valid_score = best.get("valid_ndcg@10", -1.0)
         if verbose:
             self.logger.info(f"PREFER: {log}")

@@ -17,7 +17,8 @@ The federated training is run by Flower (``flwr``) in simulation on one machine
 server with its users (``prefer_edge_servers`` groups, users assigned by their id), each round it
 trains the global user-independent parameters on its users' training prefixes for
 ``prefer_local_epochs`` epochs while their ``e_u`` stay in the edge's local state, and Flower's
-FedAvg aggregates the edges; the round with the best federated validation NDCG@10 is kept.
+FedAvg aggregates the edges; the rounds stop once ``prefer_stopping_rounds`` of them have not
+beaten the best federated validation NDCG@10, and the best round is kept.
 
 Substitutions, each named: (1) the encoder is a RecBole sequential model (``prefer_encoder``, SASRec
 by default) instead of PREFER's own POI model (its geographic and temporal modules are not built:
