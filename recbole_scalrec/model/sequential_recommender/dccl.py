@@ -40,6 +40,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_scalrec.model.user_vector import UserVectorScores
+
 PHASES = ("cloud", "patch", "distill")
 
 
@@ -68,7 +70,7 @@ class UserPatch(nn.Module):
         return (self.forward(h, users) - h).norm(dim=1) / h.norm(dim=1).clamp_min(1e-12)
 
 
-class DCCL(SequentialRecommender):
+class DCCL(UserVectorScores, SequentialRecommender):
     """See the module docstring. ``phase`` (one of :data:`PHASES`) says what :meth:`calculate_loss`
     trains; :meth:`trainable` lists the parameters of a phase."""
 
@@ -147,14 +149,6 @@ class DCCL(SequentialRecommender):
         kd = F.kl_div(F.log_softmax(student / tau, dim=1), F.log_softmax(soft, dim=1), log_target=True,
                       reduction="batchmean") * tau * tau
         return (1.0 - self.kd_weight) * F.cross_entropy(student, target) + self.kd_weight * kd
-
-    def predict(self, interaction) -> torch.Tensor:
-        z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID])
-        return (z * self.item_table[interaction[self.ITEM_ID]]).sum(-1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID])
-        return z @ self.item_table.T
 
     def on_device_parameters(self) -> int:
         """Numbers one device holds: the shared model and its own patch."""

@@ -36,8 +36,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_scalrec.model.user_vector import UserVectorScores
 
-class PREFER(SequentialRecommender):
+
+class PREFER(UserVectorScores, SequentialRecommender):
     """See the module docstring. :meth:`shared_arrays` / :meth:`load_shared` are what travels to the
     edge servers (the encoder's state); ``user_embedding`` never does."""
 
@@ -81,14 +83,6 @@ class PREFER(SequentialRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID])
         return F.cross_entropy(z @ self.item_table.T, interaction[self.POS_ITEM_ID])
-
-    def predict(self, interaction) -> torch.Tensor:
-        z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID])
-        return (z * self.item_table[interaction[self.ITEM_ID]]).sum(-1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        z = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID])
-        return z @ self.item_table.T
 
     def on_device_parameters(self) -> int:
         """Numbers one device holds: the global model and its own ``e_u``."""
