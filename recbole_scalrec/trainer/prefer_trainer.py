@@ -9,7 +9,7 @@ trainer's checkpoint folder; they never reach the server) and returns the user-i
 parameters; Flower's FedAvg averages them weighted by training prefixes. Each edge then scores its
 users' validation requests with the new global model (full sort, NDCG@10) and FedAvg's
 evaluation averages the scores. After ``prefer_rounds`` rounds, or once ``prefer_stopping_rounds``
-rounds in a row have not beaten the best (the stock models' early stopping, in rounds), the round
+rounds in a row have not beaten the best (early stopping, in rounds), the round
 with the best validation score is kept (global parameters and that round's ``e_u``). :attr:`PREFERTrainer.phase_log` holds the
 per-round record (validation NDCG@10, mean training loss, mean ``||e_u||``) and the edges' sizes.
 """
@@ -90,8 +90,8 @@ class PREFERTrainer(Trainer):
 
     def __init__(self, config, model) -> None:
         super().__init__(config, model)
-        self.rounds = int(config["prefer_rounds"] or 50)
-        self.local_epochs = int(config["prefer_local_epochs"] or 1)
+        self.rounds = int(config["prefer_rounds"] or 25)
+        self.local_epochs = int(config["prefer_local_epochs"] or 2)
         self.patience = int(config["prefer_stopping_rounds"] or 0)
         self.edges = int(config["prefer_edge_servers"] or 4)
         self.cpus = int(config["prefer_simulation_cpus"] or 2)
