@@ -21,6 +21,7 @@ import shutil
 import numpy as np
 import torch
 
+from recbole_scalrec.staleness.protocol import full_ranking_metrics, metrics_from_ranks
 from recbole_scalrec.trainer.trainer import Trainer
 
 SIMULATION_HINT = ('PREFER trains with Flower in simulation, which needs Ray: pip install -e ".[federated]" '
@@ -76,10 +77,9 @@ def _edge_client(model, edge: int, train: dict, valid: dict, fields: dict, state
             self._prepare(parameters, int(config["round"]))
             model.eval()
             scores = model.full_sort_predict(valid)
-            scores[:, 0] = -torch.inf
+            scores[:, 0] = -torch.inf  # the padding item, as every Table 2 row
             target = valid[fields["target"]]
-            rank = (scores > scores.gather(1, target[:, None])).sum(1) + 1
-            ndcg = float(torch.where(rank <= 10, 1.0 / torch.log2(rank.float() + 1), torch.zeros(())).mean())
+            ndcg = metrics_from_ranks(full_ranking_metrics(scores, target))["ndcg@10"]
             return 1.0 - ndcg, len(target), {"ndcg@10": ndcg}
 
     return EdgeServer().to_client()
@@ -172,19 +172,19 @@ class PREFERTrainer(Trainer):
             client_fn=client_fn, num_clients=len(edges), config=fl.server.ServerConfig(num_rounds=self.rounds),
             strategy=strategy, client_resources={"num_cpus": 1},
             ray_init_args={"num_cpus": min(self.cpus, len(edges)), "include_dashboard": False, "log_to_driver": False})
-        best = max(log, key=lambda r: r.get("valid_ndcg@10", -1.0))
-        model.load_shared(strategy.params[best["round"]])
+        best = strategy.best_round  # the first round with the best federated validation score
+        model.load_shared(strategy.params[best])
         with torch.no_grad():
             for e in edges:
-                path = os.path.join(state_dir, f"edge-{e}-round{best['round']}.pt")
+                path = os.path.join(state_dir, f"edge-{e}-round{best}.pt")
                 stored = torch.load(path, weights_only=True)
                 model.user_embedding.weight[stored["users"]] = stored["e_u"]
         shutil.rmtree(state_dir, ignore_errors=True)
         rounds_run = sum(1 for r in log if "round" in r)
         log.append({"edges": len(edges), "train_prefixes_per_edge": [int((train_edge == e).sum()) for e in edges],
-                    "kept_round": best["round"], "rounds_run": rounds_run, "stopped_early": rounds_run < self.rounds})
-        self.best_valid_score = best.get("valid_ndcg@10", -1.0)
+                    "kept_round": best, "rounds_run": rounds_run, "stopped_early": rounds_run < self.rounds})
+        self.best_valid_score = strategy.best_score
         if verbose:
             self.logger.info(f"PREFER: {log}")
-        self._save_checkpoint(best["round"], verbose=verbose)
+        self._save_checkpoint(best, verbose=verbose)
         return self.best_valid_score, None
