@@ -84,6 +84,24 @@ def write_tiny_lm(folder: str) -> str:
     return folder
 
 
+def write_tiny_causal_lm(folder: str) -> str:
+    """A 2-layer, 16-wide Llama with random (seeded) weights and MiniLM's tokenizer: a fast local
+    causal LM for the LLM-based rows."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recbole_scalrec.semantic.encoder import default_model_path
+
+    os.makedirs(folder, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(default_model_path() / name, os.path.join(folder, name))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 class FakeEncoder:
     """Deterministic text -> vector map (hash-seeded), counting forward calls like the real one."""
 

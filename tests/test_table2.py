@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from synthetic import tiny_run_config
+from synthetic import tiny_run_config, write_tiny_causal_lm
 
 SMALL = ["--hidden_size=16", "--embedding_size=16", "--inner_size=32", "--n_layers=1", "--n_heads=1",
          "--MAX_ITEM_LIST_LENGTH=10", "--train_batch_size=64", "--eval_batch_size=64", "--epochs=1"]
@@ -40,12 +40,17 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     run_recbole_scalrec(model="SASRec", dataset="tiny", config_dict=cfg)
     args = ["--dataset", "tiny", "--seeds", "2020", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "table2"),
             f"--data_path={cfg['data_path']}", f"--checkpoint_dir={tmp_path / 'saved'}", *SMALL,
-            "--prefer_rounds=1", "--prefer_edge_servers=2", "--prefer_simulation_cpus=1"]
+            "--prefer_rounds=1", "--prefer_edge_servers=2", "--prefer_simulation_cpus=1",
+            f"--rarec_lm={write_tiny_causal_lm(str(tmp_path / 'causal'))}", "--rarec_train_batches=2", "--rarec_device_layers=1",
+            f"--transrec_lm={tmp_path / 'causal'}", "--transrec_train_batches=2", "--transrec_device_layers=1",
+            "--transrec_beams=4", "--transrec_attribute_field=genre"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "sasrec_device", "llrec_device",
-                                   "dccl_device", "prefer_device", "cda4rec", "cda4rec+scalrec", "lsc4rec",
-                                   "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec", "fresh_fusion"}
+    assert set(result["rows"]) == {"lightgcn_cloud", "sasrec_cloud", "surge_cloud", "rarec_cloud", "transrec_cloud",
+                                   "sasrec_device", "llrec_device", "rarec_device", "transrec_device", "dccl_device",
+                                   "prefer_device", "cda4rec",
+                                   "cda4rec+scalrec", "lsc4rec", "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec",
+                                   "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
     lengths = {len(json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / f"{n}.json").read_text())["ranks"])
@@ -75,8 +80,21 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     assert dccl["parameters"] > 0 and "share_top10_changed_by_patch" in dccl["phases"][-1]
     prefer = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "prefer_device.json").read_text())
     assert [r["round"] for r in prefer["rounds"] if "round" in r] == [1] and prefer["rounds"][-1]["edges"] == 2
+    rarec = {side: json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / f"rarec_{side}.json").read_text())
+             for side in ("cloud", "device")}
+    assert (rarec["cloud"]["lm_layers"], rarec["device"]["lm_layers"]) == (2, 1)  # the device runs the smaller LM
+    assert rarec["cloud"]["sees"].startswith("S_<=t0") and rarec["device"]["sees"] == "S_<=t"
+    assert all(r["trained_prompts"] > 0 and r["epochs"] for r in rarec.values()) and rarec["device"]["parameters"] > 0
+    transrec = {side: json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / f"transrec_{side}.json").read_text())
+                for side in ("cloud", "device")}
+    assert (transrec["cloud"]["lm_layers"], transrec["device"]["lm_layers"]) == (2, 1)
+    assert all(r["facets"] == ["id", "title", "attribute"] and r["beams"] == 4 and r["trained_prompts"] > 0
+               and 0 < r["items_ranked_per_request"] < 31 for r in transrec.values())
+    assert transrec["cloud"]["sees"].startswith("S_<=t0") and transrec["device"]["parameters"] > 0
+    for r in transrec.values():  # a named target ranks among the named items (at most 30), an unnamed one last (31)
+        assert np.mean(np.asarray(r["ranks"]) < 31) == r["share_targets_named_by_a_beam"] < 1
     kept = {p.name.split("-")[0] for p in (tmp_path / "saved" / "table2").glob("*.pth")}
-    assert kept == {"LightGCN", "SURGE", "SASRec", "LLRec", "DCCL", "PREFER", "DUET"}
+    assert kept == {"LightGCN", "SURGE", "SASRec", "LLRec", "DCCL", "PREFER", "DUET", "RARec", "TransRecLM"}
     mtime = (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime
     assert main(args) == 0  # a second call reuses every stored row
     assert (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime == mtime

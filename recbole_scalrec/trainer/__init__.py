@@ -1,6 +1,8 @@
 from recbole_scalrec.trainer.trainer import Trainer, load_checkpoint, save_checkpoint
 from recbole_scalrec.trainer.dccl_trainer import DCCLTrainer
 from recbole_scalrec.trainer.prefer_trainer import PREFERTrainer
+from recbole_scalrec.trainer.rarec_trainer import RARecTrainer
+from recbole_scalrec.trainer.transreclm_trainer import TransRecLMTrainer
 
 
 def __getattr__(name: str):
@@ -12,4 +14,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Trainer", "SCaLRecTrainer", "DCCLTrainer", "PREFERTrainer", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Trainer", "SCaLRecTrainer", "DCCLTrainer", "PREFERTrainer", "RARecTrainer", "TransRecLMTrainer", "load_checkpoint", "save_checkpoint"]
