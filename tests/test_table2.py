@@ -57,7 +57,9 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
                for n in result["rows"]}
     assert len(lengths) == 1 and lengths.pop() > 0  # every row keeps its per-user test ranks, for the paired tests
     tests = result["paired_tests"]
-    assert {t["family"] for t in tests.values()} == {"Cloud", "On-device", "Device-cloud", "SCaLRec attached"}
+    assert {t["family"] for t in tests.values()} == {"Cloud", "On-device", "Device-cloud", "SCaLRec attached",
+                                                     "LLM-based vs SASRec"}
+    assert {"rarec_cloud vs sasrec_cloud", "transrec_device vs sasrec_device"} <= set(tests)
     assert all(0 <= t["wilcoxon_p"] <= 1 for t in tests.values())
     lsc = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "lsc4rec.json").read_text())
     assert str(lsc["srm_weight"]) in lsc["valid_ndcg@10_by_weight"] and len(lsc["valid_ndcg@10_by_weight"]) > 1

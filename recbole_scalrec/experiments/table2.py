@@ -73,6 +73,9 @@ FROM_RUN = ("cached_fusion", "scalrec", "fresh_fusion")
 ON_RUN = ("lsc4rec", "lsc4rec+scalrec")  # rerankers of the SCaLRec run's cached candidates
 LM_ROWS = ("rarec_cloud", "rarec_device")  # RARec on the whole LM (cloud) or its first layers (device)
 GENERATIVE = ("transrec_cloud", "transrec_device")  # TransRec: ranked by constrained generation and grounding
+# each LLM-based row against the stock SASRec that sees the same sequence (RARec reads its ID embeddings)
+LLM_YARDSTICK = {"rarec_cloud": "sasrec_cloud", "transrec_cloud": "sasrec_cloud", "rarec_device": "sasrec_device",
+                 "transrec_device": "sasrec_device"}
 PLANNED = ("cda4rec", "cda4rec+scalrec")  # the cloud's cached plan executed on the SCaLRec run's cache
 _FITTED: dict = {}  # the last stock model trained in this process
 _RUN: dict = {}  # the last SCaLRec run rebuilt from its folder
@@ -454,8 +457,9 @@ def _rerank_row(model, splits: dict, row: str, gap: int, results_dir: str) -> di
 
 def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     """Paired Wilcoxon signed-rank tests over (seed, user) of per-request NDCG@10: SCaLRec against the
-    best row (by mean NDCG@10) of each family, and each device-cloud system with SCaLRec attached
-    (LSC4Rec, CDA4Rec) against the same system alone."""
+    best row (by mean NDCG@10) of each family, each device-cloud system with SCaLRec attached
+    (LSC4Rec, CDA4Rec) against the same system alone, and each LLM-based row against the stock SASRec
+    that sees the same sequence (:data:`LLM_YARDSTICK`)."""
     from recbole_scalrec.experiments.report import ndcg10, wilcoxon_p
 
     def per_request(row: str) -> np.ndarray | None:
@@ -470,6 +474,9 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     for system in ("lsc4rec", "cda4rec"):
         if system in rows and f"{system}+scalrec" in rows:
             pairs.append((f"{system}+scalrec", system, "SCaLRec attached"))
+    for llm, stock in LLM_YARDSTICK.items():
+        if llm in rows and stock in rows:
+            pairs.append((llm, stock, "LLM-based vs SASRec"))
     tests = {}
     for ours, other, family in pairs:
         a, b = per_request(ours), per_request(other)

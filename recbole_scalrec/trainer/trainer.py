@@ -41,7 +41,15 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
 
 
 class Trainer(RecBoleTrainer):
-    """RecBole's trainer, unchanged except for how checkpoints are written and read."""
+    """RecBole's trainer, unchanged except for how checkpoints are written and read and that each
+    process trains into a file of its own."""
+
+    def __init__(self, config, model) -> None:
+        super().__init__(config, model)
+        # RecBole names the file by model and the second training started: two runs started in the
+        # same second (e.g. two table rows side by side) would overwrite and load each other's weights
+        root, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{root}-{os.getpid()}{ext}"
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
