@@ -25,8 +25,8 @@ SCaLRec run):
   factorised item table distilled from the cloud SASRec
   (:class:`~recbole_scalrec.model.sequential_recommender.llrec.LLRec`; its parameter count and
   per-request latency are recorded), ``transrec_device`` (TransRec with the same smaller LM on
-  ``S_{<=t}``), ``rarec_device`` (RARec with the smaller LM, the first
-  ``rarec_device_layers`` layers of the same LM, on ``S_{<=t}``), ``sasrec_device``, the cloud's SASRec itself run on the
+  ``S_{<=t}``), ``rarec_device`` (RARec with the smaller LM, the first ``rarec_device_layers``
+  layers of the same LM, on ``S_{<=t}``), ``sasrec_device``, the cloud's SASRec itself run on the
   fresh prefix (a device that could hold the full model), ``dccl_device`` (the cloud SASRec with a
   per-user low-rank patch tuned on each user's own history and distilled back into the shared model,
   :class:`~recbole_scalrec.model.sequential_recommender.dccl.DCCL`) and ``prefer_device`` (a SASRec
@@ -63,9 +63,10 @@ METRICS = ("ndcg@5", "hit@5", "ndcg@10", "hit@10")
 # in this order the rows that share a trained SASRec (cloud, device, LLRec's teacher) follow each other
 FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "Cloud", "rarec_cloud": "Cloud",
             "transrec_cloud": "Cloud", "sasrec_device": "On-device", "llrec_device": "On-device",
-            "rarec_device": "On-device", "transrec_device": "On-device", "dccl_device": "On-device", "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
-            "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud", "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
-            "fresh_fusion": "Bound (fresh semantics)"}
+            "rarec_device": "On-device", "transrec_device": "On-device", "dccl_device": "On-device",
+            "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
+            "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud",
+            "cached_fusion": "Device-cloud", "scalrec": "Device-cloud", "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
 STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec", "duet": "DUET",
          "prefer_device": "PREFER"}
