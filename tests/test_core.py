@@ -101,6 +101,15 @@ def test_target_ranks_and_metrics_by_hand():
     assert m["candidate_recall"] == pytest.approx(2 / 3)
 
 
+def test_full_ranking_ranks_a_target_the_model_does_not_return_last():
+    from recbole_scalrec.staleness.protocol import full_ranking_metrics
+
+    inf = float("inf")
+    scores = torch.tensor([[-inf, 0.5, -inf, -inf, 0.2], [-inf, 0.5, -inf, -inf, 0.2]])
+    # a scored target ranks among the scored items; one scored -inf is out of the list, not 3rd
+    assert full_ranking_metrics(scores, torch.tensor([4, 2])).tolist() == [2, 5]
+
+
 def test_score_all_masks_padding_and_candidates_match():
     table = torch.randn(10, 4)
     z_str, z_sem = torch.randn(3, 4), torch.randn(3, 4)

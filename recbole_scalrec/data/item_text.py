@@ -23,11 +23,11 @@ def _read_atomic(path: str, sep: str) -> pd.DataFrame:
     return frame
 
 
-def load_item_texts(config, dataset) -> list[str]:
+def load_item_texts(config, dataset, fields: list[str] | str | None = None) -> list[str]:
     """Text of every internal item id (index 0, the padding item, is ``""``).
 
-    Text = the values of ``item_text_fields`` joined by ``", "`` (empty values skipped);
-    ``item_text_fields: ~`` uses every non-numeric column other than the item id.
+    Text = the values of ``fields`` (default: ``item_text_fields``) joined by ``", "`` (empty values
+    skipped); ``item_text_fields: ~`` uses every non-numeric column other than the item id.
 
     Raises:
         DataTextError: no ``.item`` file, or a named field it lacks.
@@ -43,7 +43,8 @@ def load_item_texts(config, dataset) -> list[str]:
         header = f.readline().rstrip("\n").split(sep)
     types = {h.split(":", 1)[0]: (h.split(":", 1)[1] if ":" in h else "token") for h in header}
     iid_field = dataset.iid_field
-    fields = config["item_text_fields"]
+    if fields is None:
+        fields = config["item_text_fields"]
     if fields is None:
         fields = [n for n, t in types.items() if n != iid_field and t in ("token", "token_seq")]
     if isinstance(fields, str):

@@ -48,9 +48,12 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, f
 
 def full_ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = KS) -> np.ndarray:
     """Ranks of targets over all items (RecBole's full-sort evaluation of sequential models:
-    history not masked); returns ranks for :func:`metrics_from_ranks`."""
+    history not masked); returns ranks for :func:`metrics_from_ranks`. A target scored ``-inf`` is
+    not in the list the model returns (e.g. an item no generated identifier names): it ranks last,
+    as the number of items, whatever else is ``-inf``."""
     target_score = scores.gather(1, targets[:, None])
-    return ((scores > target_score).sum(1) + 1).cpu().numpy()
+    ranks = (scores > target_score).sum(1) + 1
+    return torch.where(target_score.squeeze(1) == -torch.inf, scores.shape[1], ranks).cpu().numpy()
 
 
 @torch.no_grad()

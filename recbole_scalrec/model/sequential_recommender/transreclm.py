@@ -126,12 +126,8 @@ class TransRecLM(SequentialRecommender):
     def _facet_names(config, dataset, load_item_texts) -> dict[str, list[str]]:
         names = {"id": [f"item {i}" if i else "" for i in range(dataset.item_num)],
                  "title": load_item_texts(config, dataset)}
-        field = config["transrec_attribute_field"]
-        if field:
-            class _Fields(dict):  # the same reader with the attribute column as the text
-                def __getitem__(self, key):
-                    return [field] if key == "item_text_fields" else config[key]
-            names["attribute"] = load_item_texts(_Fields(), dataset)
+        if config["transrec_attribute_field"]:
+            names["attribute"] = load_item_texts(config, dataset, fields=[config["transrec_attribute_field"]])
         return names
 
     def _apply(self, fn, *args, **kwargs):
