@@ -50,7 +50,7 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
                                    "sasrec_device", "llrec_device", "rarec_device", "transrec_device", "dccl_device",
                                    "prefer_device", "cda4rec",
                                    "cda4rec+scalrec", "lsc4rec", "lsc4rec+scalrec", "duet", "cached_fusion", "scalrec",
-                                   "fresh_fusion"}
+                                   "cached_fusion+repair", "scalrec+repair", "fresh_fusion"}
     assert result["rows"]["sasrec_cloud"]["family"] == "Cloud" and result["rows"]["scalrec"]["family"] == "Device-cloud"
     assert {result["rows"][r]["family"] for r in ("duet", "lsc4rec", "lsc4rec+scalrec")} == {"Device-cloud"}
     lengths = {len(json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / f"{n}.json").read_text())["ranks"])
@@ -58,7 +58,10 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     assert len(lengths) == 1 and lengths.pop() > 0  # every row keeps its per-user test ranks, for the paired tests
     tests = result["paired_tests"]
     assert {t["family"] for t in tests.values()} == {"Cloud", "On-device", "Device-cloud", "SCaLRec attached",
-                                                     "LLM-based vs SASRec"}
+                                                     "Candidate repair", "LLM-based vs SASRec"}
+    assert result["rows"]["scalrec+repair"]["family"] == "Device-cloud + repair"
+    assert "scalrec+repair vs scalrec" in tests and "top 5" in json.loads(
+        (tmp_path / "table2" / "tiny" / "seed-2020" / "scalrec+repair.json").read_text())["sees"]
     assert {"rarec_cloud vs sasrec_cloud", "transrec_device vs sasrec_device"} <= set(tests)
     assert all(0 <= t["wilcoxon_p"] <= 1 for t in tests.values())
     lsc = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "lsc4rec.json").read_text())
@@ -74,6 +77,8 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     run = json.loads((tmp_path / "runs" / "tiny-SASRec-seed2020" / "results.json").read_text())
     scalrec = [r for r in run["results"] if (r["split"], r["setting"], r["gap"], r["method"]) == ("test", "S2", 5, "scalrec")]
     assert result["rows"]["scalrec"]["mean"]["ndcg@10"] == scalrec[0]["metrics"]["ndcg@10"]
+    repaired = [r for r in run["results"] if (r["split"], r["setting"], r["gap"], r["method"]) == ("test", "S2", 5, "scalrec+repair")]
+    assert result["rows"]["scalrec+repair"]["mean"]["ndcg@10"] == repaired[0]["metrics"]["ndcg@10"]
     cda = json.loads((tmp_path / "table2" / "tiny" / "seed-2020" / "cda4rec.json").read_text())
     assert abs(sum(cda["test_plan_share"]) - 1) < 1e-6 and len(cda["strategies"]) == len(cda["test_plan_share"])
     assert cda["training_requests"] > 0 and cda["valid_ndcg@10"] >= cda["valid_ndcg@10_start"]

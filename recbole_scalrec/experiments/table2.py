@@ -40,6 +40,9 @@ SCaLRec run):
   S2) and ``scalrec`` (SCaLRec's estimator and calibrator on them), read from the SCaLRec run
   folders ``<runs>/<dataset>-SASRec-seed<seed>/results.json``; ``fresh_fusion`` (fresh semantics on
   the same candidates) is the bound no deployment reaches.
+* **Device-cloud + repair** (METHOD.md Sec. 10, beyond the paper): ``cached_fusion+repair`` and
+  ``scalrec+repair``, the same two with the device's top-``repair_size`` items of its fresh structure
+  score added to the snapshot's candidates, read from the same run folders.
 
 Each finished (row, seed) is stored in ``<out>/<dataset>/seed-<seed>/<row>.json`` and reused by a
 later call with the same gap and the same training overrides (``checkpoint_dir`` and
@@ -67,11 +70,14 @@ FAMILIES = {"lightgcn_cloud": "Cloud", "surge_cloud": "Cloud", "sasrec_cloud": "
             "rarec_device": "On-device", "transrec_device": "On-device", "dccl_device": "On-device",
             "prefer_device": "On-device", "lsc4rec": "Device-cloud", "lsc4rec+scalrec": "Device-cloud",
             "duet": "Device-cloud", "cda4rec": "Device-cloud", "cda4rec+scalrec": "Device-cloud",
-            "cached_fusion": "Device-cloud", "scalrec": "Device-cloud", "fresh_fusion": "Bound (fresh semantics)"}
+            "cached_fusion": "Device-cloud", "scalrec": "Device-cloud",
+            "cached_fusion+repair": "Device-cloud + repair", "scalrec+repair": "Device-cloud + repair",
+            "fresh_fusion": "Bound (fresh semantics)"}
 ROWS = tuple(FAMILIES)
 STOCK = {"sasrec_cloud": "SASRec", "surge_cloud": "SURGE", "sasrec_device": "SASRec", "duet": "DUET",
          "prefer_device": "PREFER"}
-FROM_RUN = ("cached_fusion", "scalrec", "fresh_fusion")
+FROM_RUN = ("cached_fusion", "scalrec", "cached_fusion+repair", "scalrec+repair", "fresh_fusion")
+REPAIRED = ("cached_fusion+repair", "scalrec+repair")  # the snapshot's candidates plus the device's own top items
 ON_RUN = ("lsc4rec", "lsc4rec+scalrec")  # rerankers of the SCaLRec run's cached candidates
 LM_ROWS = ("rarec_cloud", "rarec_device")  # RARec on the whole LM (cloud) or its first layers (device)
 GENERATIVE = ("transrec_cloud", "transrec_device")  # TransRec: ranked by constrained generation and grounding
@@ -310,9 +316,11 @@ def run_row(row: str, runs: str, dataset: str, seed: int, gap: int) -> dict:
         ranks = npz[key].tolist() if key in npz.files else None
     for r in summary["results"]:
         if r["split"] == "test" and r["setting"] == "S2" and r["gap"] == gap and r["method"] == row:
+            sees = "snapshot candidates and semantics of t0, device structure of t"
+            if row in REPAIRED:
+                sees += f" (candidates plus the device's top {summary['config'].get('repair_size')} by that structure)"
             return {"metrics": {k: float(r["metrics"][k]) for k in METRICS}, "ranks": ranks,
-                    "results": os.path.join(path, "results.json"),
-                    "sees": "snapshot candidates and semantics of t0, device structure of t"}
+                    "results": os.path.join(path, "results.json"), "sees": sees}
     raise KeyError(f"{path} has no test S2 row of {row} at gap {gap}; evaluate that gap (eval_gaps).")
 
 
@@ -445,8 +453,9 @@ def _rerank_row(model, splits: dict, row: str, gap: int, results_dir: str) -> di
 def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     """Paired Wilcoxon signed-rank tests over (seed, user) of per-request NDCG@10: SCaLRec against the
     best row (by mean NDCG@10) of each family, each device-cloud system with SCaLRec attached
-    (LSC4Rec, CDA4Rec) against the same system alone, and each LLM-based row against the stock SASRec
-    that sees the same sequence (:data:`LLM_YARDSTICK`)."""
+    (LSC4Rec, CDA4Rec) against the same system alone, SCaLRec with candidate repair against SCaLRec
+    and against the best on-device row, and each LLM-based row against the stock SASRec that sees
+    the same sequence (:data:`LLM_YARDSTICK`)."""
     from recbole_scalrec.experiments.report import ndcg10, wilcoxon_p
 
     def per_request(row: str) -> np.ndarray | None:
@@ -461,6 +470,12 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
     for system in ("lsc4rec", "cda4rec"):
         if system in rows and f"{system}+scalrec" in rows:
             pairs.append((f"{system}+scalrec", system, "SCaLRec attached"))
+    if "scalrec+repair" in rows:  # what repair buys, and whether it reaches the backbone on the fresh sequence
+        others = ["scalrec"] if "scalrec" in rows else []
+        device = [r for r in rows if rows[r]["family"] == "On-device"]
+        if device:
+            others.append(max(device, key=lambda r: rows[r]["mean"]["ndcg@10"]))
+        pairs += [("scalrec+repair", other, "Candidate repair") for other in others]
     for llm, stock in LLM_YARDSTICK.items():
         if llm in rows and stock in rows:
             pairs.append((llm, stock, "LLM-based vs SASRec"))
