@@ -164,6 +164,11 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
     assert "## tiny, SASRec" in text and "Main table" in text and "paper's claims" in text
     assert "| scalrec |" in text and "Recovery ratio" in text
     assert "| tiny | SASRec | 1 |" in text  # model-agnostic table row
+    f0, s0 = (next(x["metrics"]["ndcg@10"] for x in runs[("tiny", "SASRec")][0]["results"]
+                   if (x["split"], x["setting"], x["gap"], x["method"]) == ("test", "S1", 0, m))
+              for m in ("fresh_fusion", "scalrec"))
+    if f0:  # Δ = 0 is reported with its sign: a head scoring above fresh fusion is not a shortfall
+        assert f"below fresh by {100 * max(0.0, (f0 - s0) / f0):.2f}% at most" in text
     assert "not testable: only SASRec of SASRec / SURGE run" in text
     assert "(1/1 seeds) |" in text  # each claim judged per seed
     assert [seed_verdict(v) for v in ([True, True], [False], [True, False, False])] == [

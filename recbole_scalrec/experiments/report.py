@@ -281,9 +281,11 @@ def targets(runs: list[dict]) -> list[str]:
                        f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {p:.3g}.")
     zero = [(metric(r, "test", st, 0, "scalrec", "ndcg@10"), metric(r, "test", st, 0, "fresh_fusion", "ndcg@10"))
             for r in runs for st in ("S1", "S2")]
-    rel = [abs(o - f) / f for o, f in zero if f and not np.isnan(o)]
-    if rel:
-        out.append(f"* Δ = 0: SCaLRec within {100 * max(rel):.2f}% of fresh fusion at worst (S1 and S2, every seed).")
+    rel = [(o - f) / f for o, f in zero if f and not np.isnan(o)]
+    if rel:  # the sign says whether the heads cost something where nothing is stale or scored above fresh fusion
+        out.append(f"* Δ = 0: SCaLRec within {100 * max(map(abs, rel)):.2f}% of fresh fusion at worst (S1 and S2, every "
+                   f"seed; from {100 * min(rel):+.2f}% to {100 * max(rel):+.2f}%, below fresh by "
+                   f"{100 * max(0.0, -min(rel)):.2f}% at most).")
     kept = [(m, info.get("best_epoch")) for r in runs for m, info in (r.get("stage2") or {}).items()]
     kept = [(m, e) for m, e in kept if e is not None]
     if kept:
