@@ -286,6 +286,11 @@ def targets(runs: list[dict]) -> list[str]:
         out.append(f"* Δ = 0: SCaLRec within {100 * max(map(abs, rel)):.2f}% of fresh fusion at worst (S1 and S2, every "
                    f"seed; from {100 * min(rel):+.2f}% to {100 * max(rel):+.2f}%, below fresh by "
                    f"{100 * max(0.0, -min(rel)):.2f}% at most).")
+        a, b = pooled_ndcg(runs, "scalrec", "S1", (0,)), pooled_ndcg(runs, "fresh_fusion", "S1", (0,))
+        if a is not None and b is not None:  # at Δ = 0 S1 and S2 are the same requests
+            d = a - b
+            out.append(f"  Per request at Δ = 0: {d.mean():+.4f} over {len(d)} (seed, user) requests, SCaLRec better "
+                       f"on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {wilcoxon_p(a, b):.3g}.")
     kept = [(m, info.get("best_epoch")) for r in runs for m, info in (r.get("stage2") or {}).items()]
     kept = [(m, e) for m, e in kept if e is not None]
     if kept:
