@@ -170,6 +170,7 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
     if f0:  # Δ = 0 is reported with its sign: a head scoring above fresh fusion is not a shortfall
         assert f"below fresh by {100 * max(0.0, (f0 - s0) / f0):.2f}% at most" in text
         assert "Per request at Δ = 0:" in text
+    assert "SCaLRec − cached fusion, S2, mean over Δ ∈ {5, 10, 20}, validation / test per seed: " in text
     assert "not testable: only SASRec of SASRec / SURGE run" in text
     assert "(1/1 seeds) |" in text  # each claim judged per seed
     assert [seed_verdict(v) for v in ([True, True], [False], [True, False, False])] == [

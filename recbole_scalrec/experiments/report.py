@@ -296,6 +296,14 @@ def targets(runs: list[dict]) -> list[str]:
     if kept:
         zeros = [m for m, e in kept if e == 0]
         out.append(f"* Heads that kept their epoch-0 weights: {len(zeros)} of {len(kept)} ({', '.join(sorted(set(zeros))) or 'none'}).")
+    # whether validation, on which stage 2 picks its epoch, saw what test shows
+    gaps = (5, 10, 20)
+    margin = {split: [float(np.mean([metric(r, split, "S2", g, "scalrec", "ndcg@10")
+                                     - metric(r, split, "S2", g, "cached_fusion", "ndcg@10") for g in gaps]))
+                      for r in runs] for split in ("valid", "test")}
+    if not np.isnan(margin["valid"] + margin["test"]).any():
+        pairs = ", ".join(f"{r.get('seed')}: {v:+.4f} / {t:+.4f}" for r, v, t in zip(runs, margin["valid"], margin["test"]))
+        out.append(f"* SCaLRec − cached fusion, S2, mean over Δ ∈ {{5, 10, 20}}, validation / test per seed: {pairs}.")
     for m in ("cached_fusion+repair", "scalrec+repair"):
         if m in have:
             s1_fresh = float(np.mean([metric(r, "test", "S1", g, "fresh_fusion", "ndcg@10") for r in runs for g in (5, 10, 20)]))
