@@ -133,8 +133,8 @@ def backbone_table(runs_by_key: dict) -> list[str]:
     return out + [""]
 
 
-def s2_mean(runs: list[dict], method: str, gaps=(5, 10, 20)) -> float:
-    return float(np.mean([metric(r, "test", "S2", g, method, "ndcg@10") for r in runs for g in gaps]))
+def s2_mean(runs: list[dict], method: str, gaps=(5, 10, 20), split: str = "test") -> float:
+    return float(np.mean([metric(r, split, "S2", g, method, "ndcg@10") for r in runs for g in gaps]))
 
 
 def seed_verdict(per_seed: list[bool]) -> str:
@@ -297,12 +297,10 @@ def targets(runs: list[dict]) -> list[str]:
         zeros = [m for m, e in kept if e == 0]
         out.append(f"* Heads that kept their epoch-0 weights: {len(zeros)} of {len(kept)} ({', '.join(sorted(set(zeros))) or 'none'}).")
     # whether validation, on which stage 2 picks its epoch, saw what test shows
-    gaps = (5, 10, 20)
-    margin = {split: [float(np.mean([metric(r, split, "S2", g, "scalrec", "ndcg@10")
-                                     - metric(r, split, "S2", g, "cached_fusion", "ndcg@10") for g in gaps]))
-                      for r in runs] for split in ("valid", "test")}
-    if not np.isnan(margin["valid"] + margin["test"]).any():
-        pairs = ", ".join(f"{r.get('seed')}: {v:+.4f} / {t:+.4f}" for r, v, t in zip(runs, margin["valid"], margin["test"]))
+    margin = [[s2_mean([r], "scalrec", split=split) - s2_mean([r], "cached_fusion", split=split)
+               for split in ("valid", "test")] for r in runs]
+    if not np.isnan(margin).any():
+        pairs = ", ".join(f"{r.get('seed')}: {v:+.4f} / {t:+.4f}" for r, (v, t) in zip(runs, margin))
         out.append(f"* SCaLRec − cached fusion, S2, mean over Δ ∈ {{5, 10, 20}}, validation / test per seed: {pairs}.")
     for m in ("cached_fusion+repair", "scalrec+repair"):
         if m in have:

@@ -462,19 +462,19 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
         ranks = [rows[row]["per_seed"][s].get("ranks") for s in seeds]
         return None if any(r is None for r in ranks) else ndcg10(np.concatenate([np.asarray(r) for r in ranks]))
 
+    def best(family: str) -> str | None:  # the family's best row without SCaLRec, by mean NDCG@10
+        members = [r for r in rows if rows[r]["family"] == family and "scalrec" not in r]
+        return max(members, key=lambda r: rows[r]["mean"]["ndcg@10"]) if members else None
+
     pairs = []
     for family in ("Cloud", "On-device", "Device-cloud"):
-        members = [r for r in rows if rows[r]["family"] == family and "scalrec" not in r]
-        if members and "scalrec" in rows:
-            pairs.append(("scalrec", max(members, key=lambda r: rows[r]["mean"]["ndcg@10"]), family))
+        if best(family) and "scalrec" in rows:
+            pairs.append(("scalrec", best(family), family))
     for system in ("lsc4rec", "cda4rec"):
         if system in rows and f"{system}+scalrec" in rows:
             pairs.append((f"{system}+scalrec", system, "SCaLRec attached"))
     if "scalrec+repair" in rows:  # what repair buys, and whether it reaches the backbone on the fresh sequence
-        others = ["scalrec"] if "scalrec" in rows else []
-        device = [r for r in rows if rows[r]["family"] == "On-device"]
-        if device:
-            others.append(max(device, key=lambda r: rows[r]["mean"]["ndcg@10"]))
+        others = [r for r in ("scalrec", best("On-device")) if r in rows]
         pairs += [("scalrec+repair", other, "Candidate repair") for other in others]
     for llm, stock in LLM_YARDSTICK.items():
         if llm in rows and stock in rows:
