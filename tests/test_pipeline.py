@@ -172,6 +172,12 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
         assert f"below fresh by {100 * max(0.0, (f0 - s0) / f0):.2f}% at most" in text
         assert "Per request at Δ = 0:" in text
     assert "SCaLRec − cached fusion, S2, mean over Δ ∈ {5, 10, 20}, validation / test per seed: " in text
+    for setting in ("S1", "S2"):  # the head against serving the snapshot unchanged, with its teacher beside it
+        assert f"* {setting}, Δ ∈ {{5, 10, 20}}, per request against cached fusion: SCaLRec " in text
+    from recbole_scalrec.experiments.report import paired
+    # six requests up, one tied: the exact two-sided signed-rank p is 2 / 2**6
+    assert paired(np.array([0.3, 0.2, 0.4, 0.1, 0.5, 0.6, 0.0]), np.zeros(7)) == (
+        "+0.3000 over 7", "better on 6, worse on 0; Wilcoxon p = 0.0312")
     assert "not testable: only SASRec of SASRec / SURGE run" in text
     assert "(1/1 seeds) |" in text  # each claim judged per seed
     assert [seed_verdict(v) for v in ([True, True], [False], [True, False, False])] == [

@@ -56,6 +56,13 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
 
 
+def paired(a: np.ndarray, b: np.ndarray) -> tuple[str, str]:
+    """Per-request values ``a`` against ``b``: the mean difference with the count, and how many went
+    each way with the paired Wilcoxon p."""
+    d = a - b
+    return f"{d.mean():+.4f} over {len(d)}", f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {wilcoxon_p(a, b):.3g}"
+
+
 def methods_of(run: dict) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in run["results"]))
 
@@ -274,11 +281,17 @@ def targets(runs: list[dict]) -> list[str]:
         best = max(rivals, key=lambda m: s2_mean(runs, m))
         a, b = pooled_ndcg(runs, "scalrec", "S2", (5, 10, 20)), pooled_ndcg(runs, best, "S2", (5, 10, 20))
         if a is not None and b is not None:
-            d = a - b
-            p = wilcoxon_p(a, b)
+            diff, ways = paired(a, b)
             out.append(f"* SCaLRec against the better of gate and dynamic fusion (`{best}`, {s2_mean(runs, best):.4f}): "
-                       f"mean per-request difference {d.mean():+.4f} over {len(d)} (seed, gap, user) requests, "
-                       f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {p:.3g}.")
+                       f"mean per-request difference {diff} (seed, gap, user) requests, {ways}.")
+    # whether the head costs anything against serving the snapshot unchanged, beside what fresh
+    # semantics (its distillation teacher) would have given on the same requests
+    for setting in ("S1", "S2"):
+        a, b, f = (pooled_ndcg(runs, m, setting, (5, 10, 20)) for m in ("scalrec", "cached_fusion", "fresh_fusion"))
+        if a is not None and b is not None and f is not None:
+            (diff, ways), (fdiff, fways) = paired(a, b), paired(f, b)
+            out.append(f"* {setting}, Δ ∈ {{5, 10, 20}}, per request against cached fusion: SCaLRec {diff} (seed, gap, "
+                       f"user) requests, {ways}; fresh fusion {fdiff}, {fways}.")
     zero = [(metric(r, "test", st, 0, "scalrec", "ndcg@10"), metric(r, "test", st, 0, "fresh_fusion", "ndcg@10"))
             for r in runs for st in ("S1", "S2")]
     rel = [(o - f) / f for o, f in zero if f and not np.isnan(o)]
@@ -288,9 +301,8 @@ def targets(runs: list[dict]) -> list[str]:
                    f"{100 * max(0.0, -min(rel)):.2f}% at most).")
         a, b = pooled_ndcg(runs, "scalrec", "S1", (0,)), pooled_ndcg(runs, "fresh_fusion", "S1", (0,))
         if a is not None and b is not None:  # at Δ = 0 S1 and S2 are the same requests
-            d = a - b
-            out.append(f"  Per request at Δ = 0: {d.mean():+.4f} over {len(d)} (seed, user) requests, SCaLRec better "
-                       f"on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {wilcoxon_p(a, b):.3g}.")
+            diff, ways = paired(a, b)
+            out.append(f"  Per request at Δ = 0: {diff} (seed, user) requests, SCaLRec {ways}.")
     kept = [(m, info.get("best_epoch")) for r in runs for m, info in (r.get("stage2") or {}).items()]
     kept = [(m, e) for m, e in kept if e is not None]
     if kept:
