@@ -173,6 +173,8 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
         assert f"below fresh by {100 * max(0.0, (f0 - s0) / f0):.2f}% at most" in text
         assert "Per request at Δ = 0:" in text
     assert "SCaLRec − cached fusion, S2, mean over Δ ∈ {5, 10, 20}, validation / test per seed: " in text
+    best_epoch = runs[("tiny", "SASRec")][0]["stage2"]["scalrec"]["best_epoch"]
+    assert f"; SCaLRec's own head: {int(best_epoch == 0)} of 1." in text
     for setting in ("S1", "S2"):  # the head against serving the snapshot unchanged, with its teacher beside it
         assert f"* {setting}, Δ ∈ {{5, 10, 20}}, per request against cached fusion: SCaLRec " in text
     from recbole_scalrec.experiments.report import paired

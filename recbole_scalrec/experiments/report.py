@@ -317,7 +317,9 @@ def targets(runs: list[dict]) -> list[str]:
     kept = [(m, e) for m, e in kept if e is not None]
     if kept:
         zeros = [m for m, e in kept if e == 0]
-        out.append(f"* Heads that kept their epoch-0 weights: {len(zeros)} of {len(kept)} ({', '.join(sorted(set(zeros))) or 'none'}).")
+        own = [e for m, e in kept if m == "scalrec"]
+        out.append(f"* Heads that kept their epoch-0 weights: {len(zeros)} of {len(kept)} ({', '.join(sorted(set(zeros))) or 'none'}); "
+                   f"SCaLRec's own head: {own.count(0)} of {len(own)}.")
     # whether validation, on which stage 2 picks its epoch, saw what test shows
     margin = [[s2_mean([r], "scalrec", split=split) - s2_mean([r], "cached_fusion", split=split)
                for split in ("valid", "test")] for r in runs]
