@@ -108,12 +108,16 @@ def gap_table(runs: list[dict], setting: str) -> list[str]:
     return out
 
 
+def seed_mean_ndcg(runs: list[dict], setting: str, gap: int, method: str) -> float:
+    """Test NDCG@10 of ``method`` at one setting and gap, mean over the runs (seeds)."""
+    return float(np.mean([metric(r, "test", setting, gap, method, "ndcg@10") for r in runs]))
+
+
 def recovery(runs: list[dict], setting: str, gap: int) -> float:
     """``(SCaLRec − cached) / (fresh − cached)``, defined only where staleness costs at least 1% of
     fresh NDCG@10: where it costs less, or cached semantics score above fresh ones, there is
     nothing to recover and the ratio would divide noise (or a gain) by noise."""
-    f, c, s = (np.mean([metric(r, "test", setting, gap, m, "ndcg@10") for r in runs])
-               for m in ("fresh_fusion", "cached_fusion", "scalrec"))
+    f, c, s = (seed_mean_ndcg(runs, setting, gap, m) for m in ("fresh_fusion", "cached_fusion", "scalrec"))
     return (s - c) / (f - c) if f - c > 0.01 * abs(f) else float("nan")
 
 
@@ -122,7 +126,7 @@ def recovery_cell(runs: list[dict], setting: str, gap: int) -> str:
     v = recovery(runs, setting, gap)
     if not np.isnan(v):
         return f"{v:.3f}"
-    f, c = (np.mean([metric(r, "test", setting, gap, m, "ndcg@10") for r in runs]) for m in ("fresh_fusion", "cached_fusion"))
+    f, c = (seed_mean_ndcg(runs, setting, gap, m) for m in ("fresh_fusion", "cached_fusion"))
     return "n/a (cached above fresh)" if c - f > 0.01 * abs(f) else "n/a (fresh ≈ cached)"
 
 
@@ -144,7 +148,7 @@ def backbone_table(runs_by_key: dict) -> list[str]:
            "| dataset | backbone | seeds | " + " | ".join(f"{c} Δ=5" for c in cols)
            + " | SCaLRec − cached, Δ=5 | SCaLRec − cached, Δ ∈ {5,10,20} |", "|---|---|---|" + "---|" * (len(cols) + 2)]
     for (dataset, model), runs in sorted(runs_by_key.items()):
-        cells = [np.mean([metric(r, "test", "S2", 5, c, "ndcg@10") for r in runs]) for c in cols]
+        cells = [seed_mean_ndcg(runs, "S2", 5, c) for c in cols]
         out.append(f"| {dataset} | {model} | {len(runs)} | " + " | ".join(f"{v:.4f}" for v in cells)
                    + f" | {cells[3] - cells[1]:+.4f} | {s2_mean(runs, 'scalrec') - s2_mean(runs, 'cached_fusion'):+.4f} |")
     return out + [""]

@@ -468,8 +468,8 @@ def paired_tests(rows: dict[str, dict], seeds: list[int]) -> dict[str, dict]:
 
     pairs = []
     for family in ("Cloud", "On-device", "Device-cloud"):
-        if best(family) and "scalrec" in rows:
-            pairs.append(("scalrec", best(family), family))
+        if "scalrec" in rows and (rival := best(family)):
+            pairs.append(("scalrec", rival, family))
     for system in ("lsc4rec", "cda4rec"):
         if system in rows and f"{system}+scalrec" in rows:
             pairs.append((f"{system}+scalrec", system, "SCaLRec attached"))
