@@ -67,6 +67,23 @@ def test_transrec_trains_lora_only_and_generates_valid_identifiers(tmp_path):
     assert device.lm_layers == 1 and device.on_device_parameters() < model.on_device_parameters()
 
 
+def test_generation_runs_each_prompt_once_with_the_same_beams(tmp_path):
+    """The prompt's cache, computed once per row and repeated for its beams, gives the beams (names,
+    order and scores) that ``generate`` gives when it runs the prompt once per beam; rows of different
+    prompt lengths (left padding) included."""
+    config, model, train, _ = _transrec(tmp_path)
+    model.eval()
+    batch = next(iter(train))
+    seq, length = batch["item_id_list"][:4], torch.tensor([1, 2, 3, 3])  # histories of 1 to 3 items
+    for facet in model.facets:
+        shared = model.generate(facet, seq, length)
+        per_beam = model.generate(facet, seq, length, share_prompt=False)
+        assert [[n for n, _ in row] for row in shared] == [[n for n, _ in row] for row in per_beam]
+        scores = [s for row in shared for _, s in row]
+        assert scores and torch.allclose(torch.tensor(scores), torch.tensor([s for row in per_beam for _, s in row]),
+                                         atol=1e-4)
+
+
 def test_transrec_training_raises_the_likelihood_of_next_identifiers(tmp_path):
     """Epochs of ``transrec_train_batches`` batches are recorded; the validation score is minus the
     identifier NLL, and a few LoRA epochs at a high step lower that NLL."""
