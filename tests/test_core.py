@@ -110,6 +110,26 @@ def test_full_ranking_ranks_a_target_the_model_does_not_return_last():
     assert full_ranking_metrics(scores, torch.tensor([4, 2])).tolist() == [2, 5]
 
 
+def test_full_ranking_places_a_tied_target_at_random_among_its_equals():
+    """Without a generator a tied target ranks first among its equals; with one its place is drawn
+    uniformly among them (about the middle on average), reproducibly for a seed, and untied or
+    unnamed targets keep their ranks."""
+    from recbole_scalrec.staleness.protocol import full_ranking_metrics
+
+    inf = float("inf")
+    row = [-inf, 0.9] + [0.3] * 100 + [0.1]  # the target (item 2) tied with 99 others behind one better item
+    scores = torch.tensor([row] * 2000)
+    targets = torch.tensor([2] * 1999 + [102])
+    assert set(full_ranking_metrics(scores, targets).tolist()[:-1]) == {2}
+    drawn = full_ranking_metrics(scores, targets, ties=torch.Generator().manual_seed(0))
+    assert drawn[:-1].min() >= 2 and drawn[:-1].max() <= 101 and abs(drawn[:-1].mean() - 51.5) < 3
+    assert drawn[-1] == 102  # the untied last item keeps its rank
+    again = full_ranking_metrics(scores, targets, ties=torch.Generator().manual_seed(0))
+    assert (drawn == again).all()
+    unnamed = torch.tensor([[-inf, 0.5, -inf, -inf]])
+    assert full_ranking_metrics(unnamed, torch.tensor([2]), ties=torch.Generator().manual_seed(0)).tolist() == [4]
+
+
 def test_score_all_masks_padding_and_candidates_match():
     table = torch.randn(10, 4)
     z_str, z_sem = torch.randn(3, 4), torch.randn(3, 4)

@@ -100,6 +100,9 @@ def test_table2_command_builds_and_reuses_every_row(tmp_path, capsys):
     assert transrec["cloud"]["sees"].startswith("S_<=t0") and transrec["device"]["parameters"] > 0
     for r in transrec.values():  # a named target ranks among the named items (at most 30), an unnamed one last (31)
         assert np.mean(np.asarray(r["ranks"]) < 31) == r["share_targets_named_by_a_beam"] < 1
+        # tied items are ordered at random, so ranking the target first among them scores at least as high
+        assert r["ties"].startswith("the target placed uniformly at random") and r["mean_items_tied_with_named_target"] >= 0
+        assert r["ndcg@10_target_first_among_ties"] >= r["metrics"]["ndcg@10"]
     kept = {p.name.split("-")[0] for p in (tmp_path / "saved" / "table2").glob("*.pth")}
     assert kept == {"LightGCN", "SURGE", "SASRec", "LLRec", "DCCL", "PREFER", "DUET", "RARec", "TransRecLM"}
     mtime = (tmp_path / "table2" / "tiny" / "seed-2020" / "lightgcn_cloud.json").stat().st_mtime

@@ -179,9 +179,17 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
         with torch.no_grad():
             scores = score_all(table(), user_vectors(seq, length, seqs.prefix_users(served)), None, 0.0)
     targets = torch.as_tensor(seqs.targets(test))
-    ranks = full_ranking_metrics(scores, targets)  # a target no beam names ranks last
+    # a target no beam names ranks last; a generative row's many tied items are ordered at random
+    ties = torch.Generator().manual_seed(seed) if row in GENERATIVE else None
+    ranks = full_ranking_metrics(scores, targets, ties=ties)
     if row in GENERATIVE:
-        extra["share_targets_named_by_a_beam"] = float(torch.isfinite(scores.gather(1, targets[:, None])).float().mean())
+        target_score = scores.gather(1, targets[:, None])
+        named = torch.isfinite(target_score.squeeze(1))
+        tied = ((scores == target_score).sum(1) - 1)[named].float()
+        extra.update({"share_targets_named_by_a_beam": float(named.float().mean()),
+                      "ties": "the target placed uniformly at random among the items tied with it (seeded by the seed)",
+                      "mean_items_tied_with_named_target": float(tied.mean()) if len(tied) else 0.0,
+                      "ndcg@10_target_first_among_ties": _metrics(full_ranking_metrics(scores, targets))["ndcg@10"]})
     if row.endswith("_device") or row == "duet":
         counted = getattr(fitted.model, "on_device_parameters", None)
         extra["parameters"] = counted() if counted else int(sum(p.numel() for p in fitted.model.parameters()))

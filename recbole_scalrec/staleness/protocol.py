@@ -46,13 +46,23 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, f
     return out
 
 
-def full_ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = KS) -> np.ndarray:
+def full_ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = KS,
+                         ties: torch.Generator | None = None) -> np.ndarray:
     """Ranks of targets over all items (RecBole's full-sort evaluation of sequential models:
     history not masked); returns ranks for :func:`metrics_from_ranks`. A target scored ``-inf`` is
     not in the list the model returns (e.g. an item no generated identifier names): it ranks last,
-    as the number of items, whatever else is ``-inf``."""
+    as the number of items, whatever else is ``-inf``.
+
+    A target tied with other items ranks first among them, unless ``ties`` (a seeded generator) is
+    given: then it takes a uniformly drawn place among them, as an arbitrary order of the tied items
+    would give. Learned scores are all but never tied; a generative ranker's are (every item a
+    generated attribute names gets the same score), and ranking its target first among hundreds
+    of equals would credit it with an order it does not have."""
     target_score = scores.gather(1, targets[:, None])
     ranks = (scores > target_score).sum(1) + 1
+    if ties is not None:
+        others = (scores == target_score).sum(1) - 1
+        ranks = ranks + (torch.rand(len(ranks), generator=ties) * (others + 1).cpu()).long().to(ranks.device)
     return torch.where(target_score.squeeze(1) == -torch.inf, scores.shape[1], ranks).cpu().numpy()
 
 
