@@ -68,13 +68,18 @@ def test_transrec_trains_lora_only_and_generates_valid_identifiers(tmp_path):
 
 
 def test_generation_runs_each_prompt_once_with_the_same_beams(tmp_path):
-    """The prompt's cache, computed once per row and repeated for its beams, gives the beams (names,
-    order and scores) that ``generate`` gives when it runs the prompt once per beam; rows of different
+    """``model.eval()`` turns the held LM's LoRA dropout off, so generation repeats exactly. The
+    prompt's cache, computed once per row and repeated for its beams, gives the beams (names, order
+    and scores) that ``generate`` gives when it runs the prompt once per beam; rows of different
     prompt lengths (left padding) included."""
     config, model, train, _ = _transrec(tmp_path)
+    dropouts = [m for m in model._lm[0].modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    assert dropouts and all(m.training for m in dropouts)  # LoRA's dropout, in the LM held outside the module tree
     model.eval()
+    assert not any(m.training for m in dropouts)  # the model's mode reaches the LM: serving is deterministic
     batch = next(iter(train))
     seq, length = batch["item_id_list"][:4], torch.tensor([1, 2, 3, 3])  # histories of 1 to 3 items
+    assert model.generate("title", seq, length) == model.generate("title", seq, length)
     for facet in model.facets:
         shared = model.generate(facet, seq, length)
         per_beam = model.generate(facet, seq, length, share_prompt=False)

@@ -60,3 +60,23 @@ def load_causal_lm(model_path: str | None = None, layers: int = 0) -> tuple[nn.M
     logger.info(f"causal LM {gguf_file or folder}: {model.config.num_hidden_layers} of {total} layers, "
                 f"hidden {model.config.hidden_size}")
     return model, tokenizer
+
+
+class HeldLanguageModel:
+    """Mixin of a model that holds a (peft-wrapped) causal LM outside its module tree, as
+    ``self._lm = [lm]``, so that the LM's frozen weights stay out of ``state_dict``. What the module
+    tree would otherwise do for a submodule is passed on to the LM here: moves and casts
+    (``.to(device)``) and the training mode, so that ``model.eval()`` turns the LM's dropout (LoRA's
+    ``lora_dropout`` among it) off for validation and serving, and ``model.train()`` back on."""
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if getattr(self, "_lm", None):
+            self._lm[0]._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_lm", None):
+            self._lm[0].train(mode)
+        return self

@@ -43,13 +43,14 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_scalrec.model.user_vector import UserVectorScores
+from recbole_scalrec.semantic.causal_lm import HeldLanguageModel
 
 SIDES = ("cloud", "device")
 PROMPT_HEAD = "A user's latest items, oldest first:"
 PROMPT_TAIL = "and the user's taste overall. The item the user wants next is"
 
 
-class RARec(UserVectorScores, SequentialRecommender):
+class RARec(HeldLanguageModel, UserVectorScores, SequentialRecommender):
     """See the module docstring. The frozen LM is held outside the module tree (its weights are not
     in ``state_dict``); the prefixes, ``A``, ``W_o`` and the frozen ID model are."""
 
@@ -106,13 +107,6 @@ class RARec(UserVectorScores, SequentialRecommender):
             ids = tokenizer(text, add_special_tokens=False).input_ids[:32] if text else []
             rows.append(embed(torch.as_tensor(ids)).mean(0) if ids else torch.zeros(embed.embedding_dim))
         return torch.stack(rows)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Move or cast the LM held outside the module tree with the model (``.to(device)``)."""
-        super()._apply(fn, *args, **kwargs)
-        if getattr(self, "_lm", None):
-            self._lm[0]._apply(fn, *args, **kwargs)
-        return self
 
     def set_id_model(self, trained: nn.Module) -> None:
         """Take the pretrained ID recommender's weights (copied; ``trained`` is not changed)."""

@@ -40,6 +40,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_scalrec.semantic.causal_lm import HeldLanguageModel
+
 FACETS = ("id", "title", "attribute")
 SIDES = ("cloud", "device")
 
@@ -75,7 +77,7 @@ class FacetIndex:
         return list(node) or [self.eos]
 
 
-class TransRecLM(SequentialRecommender):
+class TransRecLM(HeldLanguageModel, SequentialRecommender):
     """See the module docstring. The frozen LM is held outside the module tree; only its LoRA
     factors are registered (``adapters``), so ``state_dict`` holds those alone."""
 
@@ -129,12 +131,6 @@ class TransRecLM(SequentialRecommender):
         if config["transrec_attribute_field"]:
             names["attribute"] = load_item_texts(config, dataset, fields=[config["transrec_attribute_field"]])
         return names
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        if getattr(self, "_lm", None):
-            self._lm[0]._apply(fn, *args, **kwargs)
-        return self
 
     def _history(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> list[list[int]]:
         rows = []
