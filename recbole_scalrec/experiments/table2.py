@@ -123,7 +123,7 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     """A row trained here: its metrics and per-user ranks on the test requests (and what it saw)."""
     from recbole_scalrec.experiments.baselines import fit_stock_model
     from recbole_scalrec.model.fusion import score_all
-    from recbole_scalrec.staleness.protocol import full_ranking_metrics
+    from recbole_scalrec.staleness.protocol import full_ranking_metrics, tied_with_target
 
     if row == "lightgcn_cloud":
         graph = dict(overrides, table2_gap=gap)
@@ -183,9 +183,8 @@ def stock_row(row: str, dataset: str, seed: int, gap: int, overrides: dict) -> d
     ties = torch.Generator().manual_seed(seed) if row in GENERATIVE else None
     ranks = full_ranking_metrics(scores, targets, ties=ties)
     if row in GENERATIVE:
-        target_score = scores.gather(1, targets[:, None])
-        named = torch.isfinite(target_score.squeeze(1))
-        tied = ((scores == target_score).sum(1) - 1)[named].float()
+        named = torch.isfinite(scores.gather(1, targets[:, None]).squeeze(1))
+        tied = tied_with_target(scores, targets)[named].float()
         extra.update({"share_targets_named_by_a_beam": float(named.float().mean()),
                       "ties": "the target placed uniformly at random among the items tied with it (seeded by the seed)",
                       "mean_items_tied_with_named_target": float(tied.mean()) if len(tied) else 0.0,

@@ -46,6 +46,11 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS) -> dict[str, f
     return out
 
 
+def tied_with_target(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, how many items other than the target have exactly the target's score."""
+    return (scores == scores.gather(1, targets[:, None])).sum(1) - 1
+
+
 def full_ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterable[int] = KS,
                          ties: torch.Generator | None = None) -> np.ndarray:
     """Ranks of targets over all items (RecBole's full-sort evaluation of sequential models:
@@ -61,8 +66,8 @@ def full_ranking_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: Iterab
     target_score = scores.gather(1, targets[:, None])
     ranks = (scores > target_score).sum(1) + 1
     if ties is not None:
-        others = (scores == target_score).sum(1) - 1
-        ranks = ranks + (torch.rand(len(ranks), generator=ties) * (others + 1).cpu()).long().to(ranks.device)
+        equal = tied_with_target(scores, targets) + 1  # the target and the items tied with it
+        ranks = ranks + (torch.rand(len(ranks), generator=ties) * equal.cpu()).long().to(ranks.device)
     return torch.where(target_score.squeeze(1) == -torch.inf, scores.shape[1], ranks).cpu().numpy()
 
 
