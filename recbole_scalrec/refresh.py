@@ -147,12 +147,14 @@ def evaluate_budgets(sim: Simulator, budgets: list[float], seed: int = 0) -> dic
 
 
 def markdown(result: dict, dataset: str, window: int) -> str:
+    from recbole_scalrec.experiments.report import p_text
+
     lines = [f"{dataset}: test NDCG@10 of the final request of each user's run of {window} requests, S2, by refresh "
              f"policy at equal cloud spend (calls per 1,000 requests; the estimator's threshold set on validation).", "",
              "| budget | policy | calls / 1,000 | mean final gap | SCaLRec | cached fusion | vs fixed, paired over users |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        versus = "; ".join(f"{m.replace('_', ' ')} {v['mean_diff']:+.4f} (p = {v['wilcoxon_p']:.3g})"
+        versus = "; ".join(f"{m.replace('_', ' ')} {v['mean_diff']:+.4f} (p = {p_text(v['wilcoxon_p'])})"
                            for m, v in r.get("vs_fixed", {}).items())
         lines.append(f"| {r['budget']:g} | {r['policy']} | {r['calls_per_1000']:.1f} | {r['mean_final_gap']:.2f} | "
                      f"{r['ndcg@10']['scalrec']:.4f} | {r['ndcg@10']['cached_fusion']:.4f} | {versus} |")

@@ -181,6 +181,10 @@ def test_report_aggregates_a_run(tiny_run, tmp_path):
     # six requests up, one tied: the exact two-sided signed-rank p is 2 / 2**6
     assert paired(np.array([0.3, 0.2, 0.4, 0.1, 0.5, 0.6, 0.0]), np.zeros(7)) == (
         "+0.3000 over 7", "better on 6, worse on 0; Wilcoxon p = 0.0312")
+    # two thousand requests all one way: the normal approximation underflows, and the table says so
+    from recbole_scalrec.experiments.report import p_text, wilcoxon_p
+    assert wilcoxon_p(np.linspace(0.5, 1.0, 2000), np.zeros(2000)) == 0.0
+    assert (p_text(0.0), p_text(3.2e-35), p_text(0.0312)) == ("< 1e-300", "3.2e-35", "0.0312")
     assert "not testable: only SASRec of SASRec / SURGE run" in text
     assert "(1/1 seeds) |" in text  # each claim judged per seed
     assert [seed_verdict(v) for v in ([True, True], [False], [True, False, False])] == [

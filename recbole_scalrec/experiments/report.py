@@ -56,11 +56,17 @@ def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
 
 
+def p_text(p: float) -> str:
+    """A p-value as the tables print it: three significant digits, and ``< 1e-300`` where the normal
+    approximation of a large paired test underflows to 0 (a printed 0 would read as an exact value)."""
+    return "< 1e-300" if p < 1e-300 else f"{p:.3g}"
+
+
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[str, str]:
     """Per-request values ``a`` against ``b``: the mean difference with the count, and how many went
     each way with the paired Wilcoxon p."""
     d = a - b
-    return f"{d.mean():+.4f} over {len(d)}", f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {wilcoxon_p(a, b):.3g}"
+    return f"{d.mean():+.4f} over {len(d)}", f"better on {(d > 0).sum()}, worse on {(d < 0).sum()}; Wilcoxon p = {p_text(wilcoxon_p(a, b))}"
 
 
 def methods_of(run: dict) -> list[str]:
@@ -95,7 +101,7 @@ def paired_test(runs: list[dict], baseline: str, setting="S2", gap=5) -> str:
         return f"n = {len(a)} requests: identical per-request NDCG@10 (no test possible)"
     p = wilcoxon(a, b).pvalue
     return (f"n = {len(a)} (seed, user) requests; mean per-request NDCG@10 difference {diff.mean():+.4f}; "
-            f"SCaLRec better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}; Wilcoxon signed-rank p = {p:.3g}")
+            f"SCaLRec better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}; Wilcoxon signed-rank p = {p_text(p)}")
 
 
 def gap_table(runs: list[dict], setting: str) -> list[str]:

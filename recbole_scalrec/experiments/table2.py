@@ -510,6 +510,8 @@ def table(dataset: str, rows: dict[str, dict], seeds: list[int], gap: int) -> st
 
 
 def tests_text(tests: dict[str, dict]) -> str:
+    from recbole_scalrec.experiments.report import p_text
+
     lines = ["| paired test (NDCG@10 per request, over seeds and users) | family | n | mean difference | better / worse | "
              "Wilcoxon p |", "|---|---|---|---|---|---|"]
     for name, t in tests.items():
@@ -517,7 +519,7 @@ def tests_text(tests: dict[str, dict]) -> str:
             lines.append(f"| {name} | {t['family']} | – | {t['note']} | – | – |")
         else:
             lines.append(f"| {name} | {t['family']} | {t['n']} | {t['mean_diff']:+.4f} | {t['better']} / {t['worse']} | "
-                         f"{t['wilcoxon_p']:.3g} |")
+                         f"{p_text(t['wilcoxon_p'])} |")
     return "\n".join(lines) + "\n"
 
 
