@@ -99,7 +99,7 @@ def paired_test(runs: list[dict], baseline: str, setting="S2", gap=5) -> str:
     diff = a - b
     if not np.any(diff):
         return f"n = {len(a)} requests: identical per-request NDCG@10 (no test possible)"
-    p = wilcoxon(a, b).pvalue
+    p = wilcoxon_p(a, b)
     return (f"n = {len(a)} (seed, user) requests; mean per-request NDCG@10 difference {diff.mean():+.4f}; "
             f"SCaLRec better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}; Wilcoxon signed-rank p = {p_text(p)}")
 
