@@ -266,6 +266,8 @@ def test_dccl_phases_train_their_own_parameters_and_the_patches_act(tmp_path):
     assert [p["phase"] for p in trainer.phase_log] == ["cloud", "patch", "distill", "patch"]
     for entry in trainer.phase_log:  # a phase never hands on a state worse on validation than the one it got
         assert entry["valid_best"] >= entry["valid_start"]
+        assert len(entry["valid_per_epoch"]) == entry["epochs_run"]  # every epoch validated (eval_step 1)
+        assert entry["valid_best"] == max([entry["valid_start"], *entry["valid_per_epoch"]])
     last = trainer.phase_log[-1]
     assert last["patch_relative_norm_mean"] >= 0 and 0 <= last["share_top10_changed_by_patch"] <= 1
 

@@ -6,8 +6,9 @@ Phase order: ``cloud`` (skipped when the shared model came trained), then ``dccl
 has its own optimizer over its own parameters (``learning_rate`` for the shared model,
 ``dccl_patch_learning_rate`` for the patches) and its own epoch cap; it starts from the validation
 score of the state it was handed and keeps that state unless an epoch beats it. What each phase did
-is kept in :attr:`DCCLTrainer.phase_log` (start and best validation score, epochs run, and for a
-patch phase how far the patches move the user vectors and how many validation top-10 lists they change).
+is kept in :attr:`DCCLTrainer.phase_log` (start and best validation score, the score of every
+validated epoch, epochs run, and for a patch phase how far the patches move the user vectors and how
+many validation top-10 lists they change).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class DCCLTrainer(Trainer):
                          "patch": float(config["dccl_patch_learning_rate"] or config["learning_rate"])}
         self.cycles = int(config["dccl_cycles"] if config["dccl_cycles"] is not None else 1)
         self.phase_log: list[dict] = []
+        self._epoch_scores: list[float] = []  # the running phase's validation score after each validated epoch
 
     def phases(self) -> list[str]:
         return ([] if self.model.cloud_trained else ["cloud"]) + ["patch", "distill"] * self.cycles + ["patch"]
@@ -50,17 +52,23 @@ class DCCLTrainer(Trainer):
         else:
             start, result = (-float("inf") if self.valid_metric_bigger else float("inf")), None
         self.best_valid_score, self.best_valid_result = start, result
+        self._epoch_scores = []
         self._save_checkpoint(-1, verbose=False)  # the state handed over stays unless an epoch beats it
         best = super().fit(train_data, valid_data, verbose=verbose, saved=True, show_progress=show_progress,
                            callback_fn=callback_fn)
         self.model.load_state_dict(load_checkpoint(self.saved_model_file)["state_dict"])
         entry = {"phase": phase, "valid_start": float(start), "valid_best": float(best[0]),
-                 "epochs_run": len(self.train_loss_dict)}
+                 "valid_per_epoch": list(self._epoch_scores), "epochs_run": len(self.train_loss_dict)}
         if phase == "patch" and valid_data is not None:
             entry.update(self.patch_effect(valid_data))
         self.phase_log.append(entry)
         self.logger.info(f"DCCL phase {phase}: {entry}")
         return best
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._epoch_scores.append(float(score))
+        return score, result
 
     @torch.no_grad()
     def patch_effect(self, valid_data) -> dict:
