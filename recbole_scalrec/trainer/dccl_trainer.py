@@ -52,7 +52,7 @@ class DCCLTrainer(Trainer):
         else:
             start, result = (-float("inf") if self.valid_metric_bigger else float("inf")), None
         self.best_valid_score, self.best_valid_result = start, result
-        self._epoch_scores = []
+        self._epoch_scores = []  # the start score above went through _valid_epoch too; it is no epoch's
         self._save_checkpoint(-1, verbose=False)  # the state handed over stays unless an epoch beats it
         best = super().fit(train_data, valid_data, verbose=verbose, saved=True, show_progress=show_progress,
                            callback_fn=callback_fn)
